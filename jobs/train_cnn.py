@@ -1,0 +1,96 @@
+"""Train one registry model with one config and record it in MLflow (experiments A1, A2, A9, E3).
+
+    python jobs/train_cnn.py                                   # A1: the Mish CNN
+    python jobs/train_cnn.py --model=mish_cnn_bn               # A2: with BatchNorm
+    python jobs/train_cnn.py --model=resnet_cifar --optimizer=adam --lr=1e-3 --weight_decay=5e-4 \
+        --crop=resized --epochs=30                             # A9: the CIFAR ResNet, seed 002's recipe
+    python jobs/train_cnn.py --smoke-test                      # seconds on a CPU
+    python jobs/train_cnn.py --help                            # every option with its default
+
+The MLflow run holds the config, per-epoch metrics, the final test accuracy (the test set is touched once, at
+the end), the training curves, the first-layer filter grid, the per-epoch table and the trained weights.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
+
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from library import tracking  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.data import load_dataset  # noqa: E402
+from library.models import create_model, first_conv  # noqa: E402
+from library.plots import filter_grid_figure, training_curves_figure  # noqa: E402
+from library.training import TrainConfig, evaluate, model_options, train  # noqa: E402
+
+
+@dataclass(frozen=True)
+class JobConfig(TrainConfig):
+    dataset: Literal["cifar10", "mnist"] = "cifar10"
+    data_root: str = ""  # default: $CV_DATA_ROOT, else ~/.cache/cv-campaigns/data
+    val_size: int = 5000  # images of the training set held out for validation
+    train_size: int = 0  # cap on training images, 0 = all (quick runs)
+    test_size: int = 0  # cap on test images, 0 = all
+    experiment: str = "train_cnn"  # MLflow experiment
+    run_name: str = ""  # default: the model name
+    output_dir: str = "outputs"  # a local copy of each trained model goes to <output_dir>/<run id>/
+    smoke_test: bool = False  # a few hundred images, 2 epochs: seconds on a CPU
+
+
+SMOKE = {"epochs": 2, "train_size": 512, "val_size": 256, "test_size": 256, "batch_size": 64, "warmup_epochs": 0.5}
+
+
+def _print_epoch(metrics: dict, epochs: int) -> None:
+    print(f"epoch {metrics['epoch']:>3}/{epochs}  train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.4f}"
+          f"  val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.4f}"
+          f"  {metrics['images_per_s']:.0f} img/s  {metrics['epoch_s']:.1f} s", flush=True)
+
+
+def main(cfg: JobConfig) -> dict:
+    create_model(cfg.model, **cfg.model_kw)  # a wrong model name or option fails here, before data or tracking
+    uri = tracking.connect()
+    data = load_dataset(cfg.dataset, cfg.data_root or None, val_size=cfg.val_size, seed=cfg.seed)
+    data = data.limit(train=cfg.train_size, test=cfg.test_size, seed=cfg.seed)
+    print(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images"
+          f"{'' if data.verified else ' (staged copy, checksums differ from the official archive)'}")
+
+    with tracking.start_run(cfg.experiment, run_name=cfg.run_name or cfg.model, config=cfg) as run:
+        mlflow.log_params({"data.train_images": len(data.train), "data.val_images": len(data.val),
+                           "data.test_images": len(data.test), "data.verified": data.verified})
+
+        def on_epoch(metrics: dict, state) -> None:
+            tracking.log_epoch(metrics)
+            _print_epoch(metrics, cfg.epochs)
+
+        result = train(cfg, data, on_epoch=on_epoch)
+        model = result.model
+        mlflow.log_params({"model.init": model.init_scheme,
+                           "model.parameters": sum(p.numel() for p in model.parameters())})
+        test = evaluate(model, data.test, cfg.eval_batch_size, cfg.amp)
+        mlflow.log_metrics({"test_loss": test["loss"], "test_acc": test["acc"]})
+
+        tracking.log_figure(training_curves_figure(result.history, f"{cfg.model} on {data.name}"), "training_curves.png")
+        tracking.log_figure(filter_grid_figure(first_conv(model).weight), "first_layer_filters.png")
+        mlflow.log_table(pd.DataFrame(result.history), "history.json")
+        local = Path(cfg.output_dir).resolve() / run.info.run_id
+        tracking.log_model(model, cfg.model, model_options(cfg, data), local_dir=local)
+
+    summary = {"run_id": run.info.run_id, "model": cfg.model, "epochs": cfg.epochs,
+               "val_acc": result.history[-1]["val_acc"], "test_acc": test["acc"],
+               "images_per_s": sum(h["images_per_s"] for h in result.history) / len(result.history)}
+    print(f"\n{cfg.model}: test accuracy {test['acc']:.4f} after {cfg.epochs} epochs "
+          f"(val {summary['val_acc']:.4f}, {summary['images_per_s']:.0f} img/s)")
+    print(f"MLflow run {run.info.run_id} in experiment '{cfg.experiment}' at {uri}")
+    print(f"model weights also in {local}")
+    print(f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    return summary
+
+
+if __name__ == "__main__":
+    run_job(main, JobConfig, smoke=SMOKE)

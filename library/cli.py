@@ -1,0 +1,49 @@
+"""The shared `__main__` of every job: parse `--key=value` into the job's config, apply `--smoke-test`'s small
+settings, print a banner with the config, run `main(cfg)`, and turn the expected failures (bad config, missing
+data, unreachable tracking) into one clear line on stderr and exit status 2 instead of a traceback."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from .config import ConfigError, describe, override, parse_argv
+from .data import DatasetNotFoundError
+from .tracking import TrackingUnavailableError, git_sha
+
+C = TypeVar("C")
+EXPECTED_ERRORS = (ConfigError, DatasetNotFoundError, TrackingUnavailableError)
+
+
+def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any] | None = None) -> C:
+    """Defaults, then `smoke` when `--smoke-test` is given, then the user's own overrides (which win)."""
+    if "--help" in argv or "-h" in argv:
+        print(describe(cls))
+        raise SystemExit(0)
+    given = parse_argv(argv)
+    cfg = cls()
+    if smoke and str(given.get("smoke_test", False)).lower() in ("true", "1", "yes", "on"):
+        cfg = override(cfg, smoke)
+    return override(cfg, given)
+
+
+def banner(title: str, cfg: Any) -> None:
+    """The dino habit: what runs, which code, with which config (sorted), before any work."""
+    print(f"==== {title} ====")
+    print(f"git sha: {git_sha()}")
+    for key, value in sorted(dataclasses.asdict(cfg).items()):
+        print(f"  {key}: {value!r}")
+    sys.stdout.flush()
+
+
+def run_job(main: Callable[[C], Any], cls: type[C], smoke: Mapping[str, Any] | None = None,
+            argv: Sequence[str] | None = None) -> Any:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = parse_job_config(cls, argv, smoke)
+        banner(Path(sys.modules[main.__module__].__file__ or "job").name, cfg)
+        return main(cfg)
+    except EXPECTED_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,173 @@
+"""Typed configuration: frozen dataclasses overridden from `--key=value` arguments.
+
+The nanoGPT configurator habit without its `exec`: every key must name a field of the dataclass, every value
+is converted to the field's annotated type, and a wrong key or a wrong value is a `ConfigError` raised before
+any work starts. Dict-valued fields (model keyword arguments, say) take dotted keys: `--model_kw.depth=4`.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names the key."""
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown(key: str, known: Sequence[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r} for {where}.{hint} Valid keys: {', '.join(sorted(known))}")
+
+
+def _literal(text: str) -> Any:
+    """Python literal if it parses as one (numbers, lists, dicts, True/None), else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert `value` (often a command-line string) to the annotated type `tp`, or raise ConfigError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return _literal(value) if isinstance(value, str) else value
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}={value!r}: " + "; ".join(errors))
+    if origin is Literal:
+        for choice in args:
+            if value == choice or (isinstance(value, str) and str(choice) == value):
+                return choice
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(repr(a) for a in args)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{key}={value!r} is not a boolean (true/false)")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not a number")
+        try:
+            number = tp(value) if not isinstance(value, str) else tp(_literal(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} is not {'an integer' if tp is int else 'a number'}") from None
+        if tp is int and isinstance(value, float) and value != number:
+            raise ConfigError(f"{key}={value!r} is not an integer")
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} is not a string")
+        return value
+    if origin in (tuple, list):
+        items = _literal(value) if isinstance(value, str) else value
+        if isinstance(items, (int, float, str)):
+            items = (items,)
+        if not isinstance(items, (tuple, list)):
+            raise ConfigError(f"{key}={value!r} is not a sequence")
+        item_tp = args[0] if args else Any
+        return origin(coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(items))
+    if origin is dict or tp is dict:
+        mapping = _literal(value) if isinstance(value, str) else value
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{key}={value!r} is not a mapping")
+        return dict(mapping)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: cannot convert {value!r} to {tp}")
+
+
+def override(cfg: C, overrides: Mapping[str, Any]) -> C:
+    """A copy of the dataclass `cfg` with `overrides` applied, type-checked; dotted keys reach into dict fields."""
+    hints = _hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        field, _, sub = key.partition(".")
+        if field not in names:
+            raise _unknown(key, names, type(cfg).__name__)
+        tp = hints[field]
+        if sub:
+            if not (typing.get_origin(tp) is dict or tp is dict):
+                raise ConfigError(f"config key {field!r} is not a mapping, so {key!r} is not a valid key")
+            current = dict(changes.get(field, getattr(cfg, field)))
+            current[sub] = _literal(value) if isinstance(value, str) else value
+            changes[field] = current
+        else:
+            changes[field] = coerce(key, value, tp)
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_argv(argv: Sequence[str]) -> dict[str, str | bool]:
+    """`--key=value`, `--key value` and bare `--flag` (True) to a dict; dashes in keys become underscores."""
+    out: dict[str, str | bool] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: options are --key=value")
+        key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if eq:
+            out[key] = value
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out[key] = argv[i + 1]
+            i += 1
+        else:
+            out[key] = True
+        i += 1
+    return out
+
+
+def describe(cls: type) -> str:
+    """One line per field, for `--help`."""
+    hints = _hints(cls)
+    lines = [f"{cls.__name__} options (--key=value):"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        tp = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+        lines.append(f"  --{f.name:<22} {tp:<28} default {default!r}")
+    return "\n".join(lines)
+
+
+def from_cli(cls: type[C], argv: Sequence[str] | None = None, base: C | None = None) -> C:
+    """Build a `cls` config from the defaults (or `base`) and command-line overrides; `--help` prints the fields."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print(describe(cls))
+        raise SystemExit(0)
+    return override(base if base is not None else cls(), parse_argv(argv))
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """A dataclass (or dict) as one flat {dotted.key: value} dict, for MLflow params."""
+    items = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    flat: dict[str, Any] = {}
+    for key, value in items.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,128 @@
+"""Building blocks shared by the registry's models: input normalisation, norm/activation factories, weight
+init, and the classifier shell that gives every model the same timm-like interface."""
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+Norm = Literal["bn", "gn", "ln", "none"]
+Act = Literal["relu", "mish", "gelu", "silu"]
+Init = Literal["kaiming", "torch"]
+
+_ACTS = {"relu": nn.ReLU, "mish": nn.Mish, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, as the model's first layer: models take [0, 1] images, so attacks, CAM and
+    feature extraction all work in pixel space and nobody has to remember a dataset's statistics."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={[round(v, 4) for v in self.mean.flatten().tolist()]}, std={[round(v, 4) for v in self.std.flatten().tolist()]}"
+
+
+def make_act(act: Act) -> nn.Module:
+    if act not in _ACTS:
+        raise ValueError(f"unknown activation {act!r}; choose from {', '.join(_ACTS)}")
+    return _ACTS[act]()
+
+
+def make_norm(norm: Norm, channels: int) -> nn.Module:
+    """BatchNorm, GroupNorm with gcd(C, 32) groups (32 at the usual widths), LayerNorm over (C, H, W) written as
+    a one-group GroupNorm, or nothing. Only BatchNorm depends on the other images of the batch."""
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    if norm == "gn":
+        groups = math.gcd(channels, 32)
+        return nn.GroupNorm(groups, channels)
+    if norm == "ln":
+        return nn.GroupNorm(1, channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; choose from bn, gn, ln, none")
+
+
+def conv(c_in: int, c_out: int, kernel: int, stride: int = 1, norm: Norm = "none") -> nn.Conv2d:
+    """A 'same'-padded conv; without a bias when a normalisation follows, since its mean subtraction cancels any
+    bias exactly (experiment A10a)."""
+    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=norm == "none")
+
+
+def init_weights(model: nn.Module, scheme: Init, nonlinearity: str = "relu") -> str:
+    """Initialise conv and linear weights; returns a description of what was done, for the run's params.
+
+    kaiming: He-normal (fan_out for convs, as in torchvision's ResNet) with zero biases, norm layers at 1/0;
+    torch: PyTorch's defaults left as they are (Kaiming-uniform with a=√5, i.e. U(±1/√fan_in)).
+    """
+    if scheme == "torch":
+        return "torch default: kaiming_uniform(a=sqrt(5)) weights, U(±1/sqrt(fan_in)) biases"
+    if scheme != "kaiming":
+        raise ValueError(f"unknown init {scheme!r}; choose from kaiming, torch")
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=nonlinearity)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return f"kaiming_normal(fan_out, {nonlinearity}) convs, kaiming_normal(fan_in, linear) classifier, zero biases"
+
+
+class Classifier(nn.Module):
+    """[0, 1] images -> Normalize -> `body` (a feature map) -> global average pool -> dropout -> linear.
+
+    The timm interface: `forward_features` returns the last feature map (what CAM needs), `forward_head(f,
+    pre_logits=True)` the pooled features (what linear probes need); `num_features` is the pooled width.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        num_features: int,
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.body = body
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(num_features, num_classes)
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.init_scheme = "torch default"  # builders overwrite this with what init_weights() reports
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalize(x))
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = self.dropout(self.pool(features).flatten(1))
+        return pooled if pre_logits else self.fc(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def first_conv(model: nn.Module) -> nn.Module:
+    """The first convolution of a model (whose filters E3 visualises): the first module with a 4-d weight."""
+    for m in model.modules():
+        weight = getattr(m, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.ndim == 4:
+            return m
+    raise ValueError(f"{type(model).__name__} has no convolution")

@@ -1,0 +1,62 @@
+"""Figures that runs log: training curves and first-layer filter grids (E3).
+
+Built on `matplotlib.figure.Figure` directly rather than pyplot: no global figure registry, no GUI backend,
+safe in Ray workers and threads.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
+
+FILTER_EPS = 1e-4
+
+
+def normalize_filters(weight: torch.Tensor, eps: float = FILTER_EPS) -> torch.Tensor:
+    """E3's display normalisation, per filter t: H'_t = H_t / (2(‖H_t‖∞ + ε)) + 1/2, which maps into [0, 1]
+    with zero at mid-grey and keeps the sign and relative size of each filter's weights."""
+    w = weight.detach().float().cpu()
+    peak = w.abs().flatten(1).amax(dim=1).view(-1, *([1] * (w.ndim - 1)))
+    return w / (2 * (peak + eps)) + 0.5
+
+
+def filter_grid(weight: torch.Tensor, ncols: int = 8, pad: int = 1) -> np.ndarray:
+    """The K×C×h×w filters of a first conv layer as one H×W×3 RGB array (grey for one input channel),
+    normalised by `normalize_filters`, `ncols` filters per row, separated by `pad` white pixels."""
+    if weight.ndim != 4 or weight.shape[1] not in (1, 3):
+        raise ValueError(f"expected K×1×h×w or K×3×h×w filters, got {tuple(weight.shape)}")
+    grid = make_grid(normalize_filters(weight), nrow=ncols, padding=pad, pad_value=1.0)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def filter_grid_figure(weight: torch.Tensor, title: str = "", ncols: int = 8) -> Figure:
+    k, c, h, w = weight.shape
+    fig = Figure(figsize=(1.0 * ncols, 1.0 * -(-k // ncols) + 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(filter_grid(weight, ncols), interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title or f"first-layer filters ({k} × {c}×{h}×{w}), H/(2(‖H‖∞+ε)) + 1/2")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(history: Sequence[Mapping[str, float]], title: str = "") -> Figure:
+    """Loss and accuracy per epoch, training and validation, side by side."""
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 4))
+    for i, (metric, label) in enumerate((("loss", "cross-entropy loss"), ("acc", "accuracy"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for split in ("train", "val"):
+            values = [h.get(f"{split}_{metric}", np.nan) for h in history]
+            ax.plot(epochs, values, marker="o", markersize=3, label="validation" if split == "val" else "training")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,186 @@
+"""MLflow helpers: where runs go, what every run records, and how models come back out.
+
+The tracking URI is $MLFLOW_TRACKING_URI when set (a server, `http://head:5000`, on a cluster), else a local
+store in the working directory: `sqlite:///<cwd>/mlflow.db` with artifacts in `<cwd>/mlruns/` (MLflow 3's own
+default, made explicit and absolute so Tune trials, which run elsewhere, write to the same place).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+from torch import nn
+
+from .config import flatten
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+GIT_SHA_ENV = "CV_GIT_SHA"  # set by launchers where the code travels without its .git (ray job submit)
+PACKAGES = ("torch", "torchvision", "timm", "ray", "mlflow", "optuna", "numpy", "pandas")
+MODEL_ARTIFACT_DIR = "model"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking store cannot be reached or written; nothing has been trained yet."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get(TRACKING_ENV) or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _check_reachable(uri: str) -> None:
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as reply:
+                if reply.status == 200:
+                    return
+                problem = f"HTTP {reply.status}"
+        except (urllib.error.URLError, OSError) as e:
+            problem = str(getattr(e, "reason", e))
+        raise TrackingUnavailableError(
+            f"the MLflow tracking server {uri} does not answer ({problem}). Start it (e.g. `mlflow server --host "
+            f"127.0.0.1 --port 5000`), fix {TRACKING_ENV}, or unset {TRACKING_ENV} to record into a local store "
+            f"in {Path.cwd()}. Nothing has been run yet."
+        )
+    db = _sqlite_path(uri)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingUnavailableError(f"cannot create the MLflow store directory {db.parent}: {e}") from e
+        if not os.access(db.parent, os.W_OK):
+            raise TrackingUnavailableError(f"the MLflow store directory {db.parent} is not writable")
+
+
+def connect(uri: str | None = None) -> str:
+    """Point MLflow at `uri` (default: `tracking_uri()`) after checking it answers; returns the URI."""
+    uri = uri or tracking_uri()
+    _check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created if needed (safe when several processes race to create it).
+
+    For a local sqlite store the artifacts go beside the database, so the store is one self-contained folder.
+    """
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    db = _sqlite_path(mlflow.get_tracking_uri())
+    location = (db.parent / "mlruns").as_uri() if db is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        found = client.get_experiment_by_name(name)  # another process created it first
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def git_sha() -> str:
+    if os.environ.get(GIT_SHA_ENV):
+        return os.environ[GIT_SHA_ENV]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags() -> dict[str, str]:
+    """Provenance for every run: code version, package versions, host and accelerator."""
+    tags = {"git_sha": git_sha(), "host": socket.gethostname(), "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    for package in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tags[f"version.{package}"] = metadata.version(package)
+    return tags
+
+
+def log_config(cfg: Any) -> None:
+    """The flattened config as params (MLflow takes at most 100 per call)."""
+    params = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for k, v in flatten(cfg).items()}
+    items = list(params.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+@contextlib.contextmanager
+def start_run(experiment: str, run_name: str | None = None, config: Any = None,
+              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+              description: str | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An active MLflow run in `experiment` with the config as params and provenance tags; nests under a parent
+    run when `parent_run_id` is given, reopens `run_id` when given. Call `connect()` first."""
+    all_tags = {**run_tags(), **(tags or {})}
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id(experiment), run_name=run_name,
+                          parent_run_id=parent_run_id, description=description, tags=all_tags) as run:
+        if config is not None:
+            log_config(config)
+        yield run
+
+
+def log_epoch(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """One epoch's metrics at step = its epoch number (the 'epoch' entry itself is the step, not a metric)."""
+    step = int(metrics.get("epoch", 0)) if step is None else step
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=step)
+
+
+def log_figure(fig, artifact_file: str) -> None:
+    """Log a matplotlib figure (png/svg by extension) and release it."""
+    mlflow.log_figure(fig, artifact_file)
+    fig.clear()
+
+
+def save_model(model: nn.Module, directory: Path, name: str, model_kw: Mapping[str, Any]) -> Path:
+    """Write `model.pt` (the state dict) and `model.json` (how to rebuild it) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / "model.pt")
+    spec = {"model": name, "model_kw": dict(model_kw), "init": getattr(model, "init_scheme", "")}
+    (directory / "model.json").write_text(json.dumps(spec, indent=2, default=list))
+    return directory
+
+
+def log_model(model: nn.Module, name: str, model_kw: Mapping[str, Any], local_dir: Path | None = None) -> None:
+    """Log the state dict and its rebuild spec under the run's `model/` artifacts. With `local_dir`, they are
+    written there first and kept, so a tracking server failing at the last moment loses no trained model."""
+    if local_dir is not None:
+        mlflow.log_artifacts(str(save_model(model, local_dir, name, model_kw)), MODEL_ARTIFACT_DIR)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifacts(str(save_model(model, Path(tmp), name, model_kw)), MODEL_ARTIFACT_DIR)
+
+
+def load_model(run_id: str, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model logged by `log_model` from its run: registry name + options, then the state dict
+    (loaded with weights_only=True: no code from the artifact store is unpickled)."""
+    from .models import create_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT_DIR, dst_path=tmp))
+        spec = json.loads((path / "model.json").read_text())
+        state = torch.load(path / "model.pt", map_location=map_location, weights_only=True)
+    model = create_model(spec["model"], **spec["model_kw"])
+    model.load_state_dict(state)
+    return model
