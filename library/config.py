@@ -67,15 +67,11 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             return value.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"{key}={value!r} is not a boolean (true/false)")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} is not a number")
-        try:
-            number = tp(value) if not isinstance(value, str) else tp(_literal(value))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r} is not {'an integer' if tp is int else 'a number'}") from None
-        if tp is int and isinstance(value, float) and value != number:
-            raise ConfigError(f"{key}={value!r} is not an integer")
-        return number
+        raw = _literal(value) if isinstance(value, str) else value
+        kind = "an integer" if tp is int else "a number"
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (tp is int and raw != int(raw)):
+            raise ConfigError(f"{key}={value!r} is not {kind}")
+        return tp(raw)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} is not a string")

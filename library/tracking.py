@@ -116,6 +116,8 @@ def run_tags() -> dict[str, str]:
     for package in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"version.{package}"] = metadata.version(package)
+    tags["version.torch"] = torch.__version__  # with its build tag (+cpu, +cu132), which the metadata lacks
+    tags["version.cuda"] = str(torch.version.cuda)
     return tags
 
 

@@ -7,6 +7,7 @@ checkpoint and `train(..., resume=that_dict)` carries on from it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -168,7 +169,8 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """A snapshot (deep copy): training goes on mutating the live tensors after this returns."""
+        return copy.deepcopy({
             "config": asdict(self.config),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -176,7 +178,7 @@ class TrainState:
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
             "history": list(self.history),
-        }
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:

@@ -6,7 +6,6 @@ from typing import Sequence
 
 from torch import nn
 
-from ..data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from .layers import Act, Classifier, Init, Norm, conv, init_weights, make_act, make_norm
 from .registry import register_model
 
@@ -25,20 +24,20 @@ def _mish_cnn(batchnorm: bool, num_classes: int, in_chans: int, mean, std, init:
     )
     # Drop the Identity placeholders of the plain variant so its layer list reads exactly as A1 specifies.
     body = nn.Sequential(*(m for m in body if not isinstance(m, nn.Identity)))
-    model = Classifier(body, 64, num_classes, mean, std)
+    model = Classifier(body, 64, num_classes, in_chans, mean, std)
     model.init_scheme = init_weights(model, init, nonlinearity="relu")  # Mish ≈ ReLU in gain; no Mish gain exists
     return model
 
 
 @register_model
-def mish_cnn(num_classes: int = 10, in_chans: int = 3, mean=CIFAR10_MEAN, std=CIFAR10_STD, init: Init = "kaiming"):
+def mish_cnn(num_classes: int = 10, in_chans: int = 3, mean=None, std=None, init: Init = "kaiming"):
     """A1: conv 32 7×7 → Mish → max-pool 2×2/2 → conv 64 3×3 → Mish → conv 64 3×3 → Mish → global avg pool →
     linear. 'Same' padding throughout (the seed leaves it open)."""
     return _mish_cnn(False, num_classes, in_chans, mean, std, init)
 
 
 @register_model
-def mish_cnn_bn(num_classes: int = 10, in_chans: int = 3, mean=CIFAR10_MEAN, std=CIFAR10_STD, init: Init = "kaiming"):
+def mish_cnn_bn(num_classes: int = 10, in_chans: int = 3, mean=None, std=None, init: Init = "kaiming"):
     """A2: A1 with BatchNorm after each hidden conv (before Mish); those convs carry no bias (see A10a)."""
     return _mish_cnn(True, num_classes, in_chans, mean, std, init)
 
@@ -78,8 +77,8 @@ def improved_cnn(
     act: Act = "relu",
     residual: bool = True,
     dropout: float = 0.0,
-    mean=CIFAR10_MEAN,
-    std=CIFAR10_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ):
     """A3's search family: a stem conv (`kernel`×`kernel`, widths[0] channels), then one stage per entry of
     `widths`, each opening with a 2×2 max-pool (not the first) and holding `depth` blocks, residual blocks
@@ -99,6 +98,6 @@ def improved_cnn(
         for _ in range(depth):
             layers.append(ResidualBlock(c, width, 1, norm, act) if residual else _plain_block(c, width, norm, act))
             c = width
-    model = Classifier(nn.Sequential(*layers), c, num_classes, mean, std, dropout=dropout)
+    model = Classifier(nn.Sequential(*layers), c, num_classes, in_chans, mean, std, dropout=dropout)
     model.init_scheme = init_weights(model, "kaiming")
     return model

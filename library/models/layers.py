@@ -15,6 +15,17 @@ Init = Literal["kaiming", "torch"]
 _ACTS = {"relu": nn.ReLU, "mish": nn.Mish, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
+def default_stats(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation a model uses unless told otherwise: CIFAR-10's for RGB, MNIST's for one channel."""
+    from ..data import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD
+
+    if in_chans == 3:
+        return CIFAR10_MEAN, CIFAR10_STD
+    if in_chans == 1:
+        return MNIST_MEAN, MNIST_STD
+    return (0.5,) * in_chans, (0.25,) * in_chans
+
+
 class Normalize(nn.Module):
     """(x - mean) / std per channel, as the model's first layer: models take [0, 1] images, so attacks, CAM and
     feature extraction all work in pixel space and nobody has to remember a dataset's statistics."""
@@ -94,11 +105,16 @@ class Classifier(nn.Module):
         body: nn.Module,
         num_features: int,
         num_classes: int,
-        mean: Sequence[float],
-        std: Sequence[float],
+        in_chans: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         dropout: float = 0.0,
     ):
         super().__init__()
+        default_mean, default_std = default_stats(in_chans)
+        mean, std = mean or default_mean, std or default_std
+        if not len(mean) == len(std) == in_chans:
+            raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} need one value per input channel ({in_chans})")
         self.normalize = Normalize(mean, std)
         self.body = body
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny data sets written in the real on-disk formats, and a throwaway MLflow store."""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pickle
+import struct
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def synthetic_images(n: int, channels: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n uint8 images, N×C×H×W, whose class (0..9) shows as a class-specific template under noise: easy to
+    learn, so a few steps of training visibly lower the loss."""
+    # class k: stripes of frequency k % 5 + 1, vertical for k < 5, horizontal otherwise, in a class colour
+    rng = np.random.default_rng(1234)  # the same templates for every split
+    u = np.arange(size) / size
+    templates = np.empty((10, channels, size, size))
+    for k in range(10):
+        wave = 0.5 + 0.5 * np.sin(2 * np.pi * (k % 5 + 1) * u)
+        pattern = np.tile(wave, (size, 1)) if k < 5 else np.tile(wave[:, None], (1, size))
+        templates[k] = pattern * rng.uniform(0.5, 1.0, (channels, 1, 1))
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = 0.6 * templates[labels] + 0.4 * rng.random((n, channels, size, size))
+    return (images * 255).astype(np.uint8), labels
+
+
+def write_cifar10(root: Path, per_batch: int = 60, n_test: int = 100) -> Path:
+    """CIFAR-10's python-pickle layout (data_batch_1..5, test_batch, batches.meta), as torchvision reads it."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        n = n_test if name == "test_batch" else per_batch
+        images, labels = synthetic_images(n, 3, 32, seed=i)
+        batch = {"batch_label": name, "labels": labels.tolist(), "data": images.reshape(n, 3072),
+                 "filenames": [f"{name}_{j}.png" for j in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+    return root
+
+
+def write_mnist(root: Path, n_train: int = 200, n_test: int = 50) -> Path:
+    """MNIST's idx files (big-endian headers), unpacked and gzipped, in torchvision's MNIST/raw layout."""
+    folder = root / "MNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_images(n, 1, 28, seed)
+        files = {f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes(),
+                 f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes()}
+        for name, payload in files.items():
+            (folder / name).write_bytes(payload)
+            (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    return write_cifar10(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    return write_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A fresh local MLflow store in a temp dir, selected through MLFLOW_TRACKING_URI as a user would."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    previous = mlflow.get_tracking_uri()
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous)
+
+
+def load_job(name: str):
+    """Import jobs/<name>.py as a module (jobs are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,69 @@
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+
+from library.cli import parse_job_config
+from library.config import ConfigError, flatten, override, parse_argv
+
+
+@dataclass(frozen=True)
+class Cfg:
+    lr: float = 1e-3
+    epochs: int = 3
+    name: str = "a"
+    flag: bool = False
+    mode: Literal["x", "y"] = "x"
+    widths: tuple[int, ...] = (1, 2)
+    kw: dict = field(default_factory=dict)
+    limit: Optional[int] = None
+
+
+def test_values_are_converted_to_the_annotated_types():
+    cfg = override(Cfg(), parse_argv(["--lr=0.5", "--epochs", "7", "--flag", "--mode=y", "--widths=[3,4,5]",
+                                      "--limit=none", "--name=b"]))
+    assert cfg == Cfg(lr=0.5, epochs=7, name="b", flag=True, mode="y", widths=(3, 4, 5), limit=None)
+    assert isinstance(cfg.lr, float) and isinstance(cfg.epochs, int) and isinstance(cfg.widths, tuple)
+
+
+def test_unknown_key_is_rejected_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'lrr'.*Did you mean 'lr'"):
+        override(Cfg(), {"lrr": "1"})
+
+
+@pytest.mark.parametrize("key, value", [("epochs", "2.5"), ("epochs", "ten"), ("lr", "fast"), ("flag", "maybe"),
+                                        ("mode", "z"), ("widths", "[1, 'a']")])
+def test_wrong_values_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=key):
+        override(Cfg(), {key: value})
+
+
+def test_dotted_keys_fill_dict_fields_and_only_dict_fields():
+    cfg = override(Cfg(), {"kw.depth": "3", "kw.norm": "bn", "kw.widths": "[8, 16]"})
+    assert cfg.kw == {"depth": 3, "norm": "bn", "widths": [8, 16]}
+    assert Cfg().kw == {}  # the default is not mutated
+    with pytest.raises(ConfigError, match="not a mapping"):
+        override(Cfg(), {"lr.x": "1"})
+
+
+def test_dashes_become_underscores_and_positional_arguments_are_refused():
+    assert parse_argv(["--smoke-test"]) == {"smoke_test": True}
+    with pytest.raises(ConfigError, match="unexpected argument"):
+        parse_argv(["oops"])
+
+
+def test_flatten_uses_dotted_names():
+    assert flatten(Cfg(kw={"a": 1, "b": {"c": 2}}))["kw.b.c"] == 2
+
+
+def test_smoke_settings_apply_first_and_user_overrides_win():
+    @dataclass(frozen=True)
+    class Job:
+        epochs: int = 10
+        size: int = 0
+        smoke_test: bool = False
+
+    smoke = {"epochs": 1, "size": 5}
+    assert parse_job_config(Job, ["--smoke-test"], smoke) == Job(1, 5, True)
+    assert parse_job_config(Job, ["--smoke-test", "--epochs=3"], smoke) == Job(3, 5, True)
+    assert parse_job_config(Job, ["--epochs=3"], smoke) == Job(3, 0, False)

@@ -1,0 +1,102 @@
+import multiprocessing as mp
+import pickle
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.datasets import CIFAR10
+
+from conftest import synthetic_images
+from library.data import (DATA_ROOT_ENV, DatasetNotFoundError, ImageSet, StagedCopyWarning, data_root,
+                          load_cifar10, load_mnist, split_train_val)
+from library.data.storage import DatasetFiles, prepare
+
+
+def test_cifar10_is_read_from_the_real_layout(cifar_root):
+    with pytest.warns(StagedCopyWarning, match="differs from the official archive"):
+        data = load_cifar10(cifar_root, val_size=50, seed=0)
+    assert not data.verified  # our tiny files cannot carry the official md5 sums
+    assert data.train.images.dtype == torch.uint8 and data.train.images.shape[1:] == (3, 32, 32)
+    assert len(data.train) + len(data.val) == 300 and len(data.val) == 50 and len(data.test) == 100
+    assert data.classes[0] == "airplane" and data.num_classes == 10
+    # pixels and labels are exactly what was written (CIFAR rows are channel-major R, G, B planes)
+    with open(cifar_root / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        batch = pickle.load(f)
+    assert torch.equal(data.test.images[3].flatten(), torch.from_numpy(batch["data"][3]))
+    assert data.test.labels.tolist() == batch["labels"]
+
+
+def test_split_is_seeded_stratified_and_disjoint():
+    images, labels = synthetic_images(200, 1, 4, seed=0)
+    full = ImageSet(torch.from_numpy(images), torch.from_numpy(labels).long())
+    train_a, val_a = split_train_val(full, 40, seed=1)
+    train_b, val_b = split_train_val(full, 40, seed=1)
+    _, val_c = split_train_val(full, 40, seed=2)
+    assert torch.equal(val_a.images, val_b.images) and not torch.equal(val_a.images, val_c.images)
+    assert len(train_a) == 160 and len(val_a) == 40
+    assert val_a.labels.bincount(minlength=10).tolist() == [4] * 10
+    seen = {bytes(x.numpy()) for x in torch.cat([train_a.images, val_a.images])}
+    assert len(seen) == 200  # every image lands in exactly one split
+
+
+def test_missing_data_says_which_files_to_put_where(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_cifar10(tmp_path, download=False)
+    message = str(err.value)
+    assert str(tmp_path / "cifar-10-batches-py") in message
+    for name in ("data_batch_1", "data_batch_5", "test_batch", "batches.meta", "cifar-10-python.tar.gz", DATA_ROOT_ENV):
+        assert name in message
+
+
+def test_failed_download_is_reported_with_its_cause(tmp_path, monkeypatch):
+    # a real download attempt against a port where nothing listens: fails at once, as it does offline
+    monkeypatch.setattr(CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    with pytest.raises(DatasetNotFoundError, match="could not be downloaded.*(URLError|refused)"):
+        load_cifar10(tmp_path, download=True)
+
+
+def test_data_root_comes_from_the_flag_then_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "env"))
+    assert data_root() == tmp_path / "env"
+    assert data_root(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.delenv(DATA_ROOT_ENV)
+    assert data_root().is_absolute()
+
+
+def _fake_download(root: Path) -> None:
+    # a download that takes a moment and leaves a trace, so overlapping downloads would show
+    import time
+
+    with open(root / "downloads.log", "a") as log:
+        log.write("x\n")
+    time.sleep(0.5)
+    (root / "toy").mkdir(exist_ok=True)
+    (root / "toy" / "a.bin").write_bytes(b"a")
+
+
+def _prepare_toy(root: str) -> bool:
+    spec = DatasetFiles("toy", "toy", {"a.bin": None}, _fake_download)
+    return prepare(spec, Path(root))
+
+
+def test_concurrent_workers_download_once(tmp_path):
+    with mp.get_context("spawn").Pool(4) as pool:
+        assert all(pool.map(_prepare_toy, [str(tmp_path)] * 4))
+    assert (tmp_path / "downloads.log").read_text() == "x\n"
+
+
+def test_a_copy_with_official_checksums_is_verified_silently(tmp_path):
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "a.bin").write_bytes(b"a")
+    spec = DatasetFiles("toy", "toy", {"a.bin": "0cc175b9c0f1b6a831c399e269772661"}, _fake_download)  # md5("a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert prepare(spec, tmp_path) is True
+
+
+def test_mnist_is_read_from_the_real_idx_layout(mnist_root):
+    with pytest.warns(StagedCopyWarning):
+        data = load_mnist(mnist_root, val_size=20)
+    assert data.train.images.shape[1:] == (1, 28, 28) and len(data.train) == 180 and len(data.test) == 50
+    assert data.train.images.dtype == torch.uint8 and set(data.test.labels.tolist()) <= set(range(10))

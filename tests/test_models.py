@@ -1,0 +1,87 @@
+import pytest
+import torch
+from torch import nn
+
+from library.config import ConfigError
+from library.models import Classifier, create_model, first_conv, list_models, model_kwargs
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_maps_unit_range_images_to_finite_logits(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7)
+    x = torch.rand(3, 3, 32, 32)
+    logits = model(x)
+    assert logits.shape == (3, 7) and torch.isfinite(logits).all()
+    features = model.forward_features(x)
+    assert features.ndim == 4
+    assert model.forward_head(features, pre_logits=True).shape == (3, model.num_features)
+    logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.init_scheme  # every model says how it was initialised
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if "in_chans" in model_kwargs(n)])
+def test_models_take_other_channel_counts(name):
+    assert create_model(name, in_chans=1, num_classes=10)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_mish_cnn_has_exactly_the_layers_of_a1():
+    model = create_model("mish_cnn")
+    body = [type(m) for m in model.body]
+    assert body == [nn.Conv2d, nn.Mish, nn.MaxPool2d, nn.Conv2d, nn.Mish, nn.Conv2d, nn.Mish]
+    convs = [m for m in model.body if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(3, 32, (7, 7)), (32, 64, (3, 3)),
+                                                                               (64, 64, (3, 3))]
+    pool = model.body[2]
+    assert pool.kernel_size == 2 and pool.stride == 2
+    assert isinstance(model.pool, nn.AdaptiveAvgPool2d) and (model.fc.in_features, model.fc.out_features) == (64, 10)
+
+
+def test_mish_cnn_bn_puts_batchnorm_after_each_bias_free_hidden_conv():
+    body = list(create_model("mish_cnn_bn").body)
+    kinds = [type(m).__name__ for m in body]
+    assert kinds == ["Conv2d", "BatchNorm2d", "Mish", "MaxPool2d", "Conv2d", "BatchNorm2d", "Mish", "Conv2d",
+                     "BatchNorm2d", "Mish"]
+    assert all(m.bias is None for m in body if isinstance(m, nn.Conv2d))
+
+
+def test_resnet_cifar_follows_a9():
+    model = create_model("resnet_cifar")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.bias is None for c in convs)
+    shortcuts = [c for c in convs if c.kernel_size == (1, 1)]
+    assert len(shortcuts) == 3 and all(c.stride == (2, 2) for c in shortcuts)
+    assert model.forward_features(torch.rand(1, 3, 32, 32)).shape[-2:] == (4, 4)  # the final 4×4 map
+    # He init: the std of a conv's weights is sqrt(2 / fan_out)
+    c = convs[1]
+    fan_out = c.out_channels * c.kernel_size[0] * c.kernel_size[1]
+    assert c.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln", "none"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_improved_cnn_family_options(norm, residual):
+    model = create_model("improved_cnn", widths=(8, 16), depth=2, kernel=5, norm=norm, act="mish",
+                         residual=residual, dropout=0.1)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert first_conv(model).kernel_size == (5, 5)
+    assert all((c.bias is None) == (norm != "none") for c in model.modules() if isinstance(c, nn.Conv2d))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"depthh": 2}, "no option 'depthh'"), ({"norm": "xx"}, "unknown norm"),
+                                           ({"kernel": 4}, "odd")])
+def test_bad_model_options_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        create_model("improved_cnn", **kwargs)
+    with pytest.raises(ConfigError, match="registered models"):
+        create_model("no_such_model")
+
+
+def test_models_normalise_inside():
+    model = create_model("mish_cnn")
+    assert isinstance(model, Classifier)
+    x = torch.rand(2, 3, 32, 32)
+    expected = (x - torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    assert torch.allclose(model.normalize(x), expected)

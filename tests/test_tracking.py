@@ -1,0 +1,68 @@
+import socket
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from library import tracking
+from library.models import create_model
+from library.training import TrainConfig
+
+
+def test_default_store_is_local_and_absolute(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+def test_a_run_records_config_provenance_metrics_and_figures(mlflow_store, tmp_path):
+    tracking.connect()
+    cfg = TrainConfig(model="improved_cnn", model_kw={"depth": 1, "widths": (8, 16)})
+    with tracking.start_run("exp", run_name="r", config=cfg, tags={"study": "x"}) as run:
+        tracking.log_epoch({"epoch": 1, "train_loss": 2.0, "val_acc": 0.3})
+        tracking.log_epoch({"epoch": 2, "train_loss": 1.5, "val_acc": 0.4})
+        from library.plots import training_curves_figure
+        tracking.log_figure(training_curves_figure([{"epoch": 1, "train_loss": 1.0}]), "curves.png")
+    client = mlflow.MlflowClient()
+    got = client.get_run(run.info.run_id)
+    assert got.data.params["model"] == "improved_cnn" and got.data.params["model_kw.depth"] == "1"
+    assert got.data.params["model_kw.widths"] == "[8, 16]" and got.data.params["lr"] == str(cfg.lr)
+    assert got.data.tags["study"] == "x" and got.data.tags["version.torch"] == torch.__version__
+    assert "git_sha" in got.data.tags
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss")] == [(1, 2.0), (2, 1.5)]
+    assert "epoch" not in got.data.metrics
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["curves.png"]
+    # the store is one folder: artifacts beside the database
+    assert Path(mlflow.get_experiment_by_name("exp").artifact_location.removeprefix("file://")) == tmp_path / "mlruns"
+
+
+def test_a_logged_model_comes_back_identical(mlflow_store, tmp_path):
+    tracking.connect()
+    model = create_model("improved_cnn", widths=(8, 16), depth=1)
+    with tracking.start_run("exp") as run:
+        tracking.log_model(model, "improved_cnn", {"widths": (8, 16), "depth": 1}, local_dir=tmp_path / "keep")
+    assert (tmp_path / "keep" / "model.pt").is_file() and (tmp_path / "keep" / "model.json").is_file()
+    back = tracking.load_model(run.info.run_id)
+    x = torch.rand(2, 3, 32, 32)
+    model.eval(), back.eval()
+    assert torch.equal(model(x), back(x))
+
+
+def test_an_unreachable_server_fails_fast_and_clearly(monkeypatch):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    start = time.perf_counter()
+    with pytest.raises(tracking.TrackingUnavailableError, match=f"127.0.0.1:{port} does not answer.*unset"):
+        tracking.connect()
+    assert time.perf_counter() - start < 15
+
+
+def test_an_unwritable_store_is_reported(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(tracking.TrackingUnavailableError, match="cannot create"):
+        tracking.connect(f"sqlite:///{blocker / 'sub' / 'mlflow.db'}")

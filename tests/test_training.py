@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+
+from library.config import ConfigError
+from library.data import load_cifar10
+from library.training import TrainConfig, build_model, evaluate, make_optimizer, make_scheduler, train
+
+FAST = dict(batch_size=32, eval_batch_size=128, warmup_epochs=0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny(cifar_root):
+    with pytest.warns(UserWarning):
+        return load_cifar10(cifar_root, val_size=60)
+
+
+def test_a_short_run_lowers_the_loss_and_reports_every_metric(tiny):
+    seen = []
+    result = train(TrainConfig(epochs=4, lr=3e-3, **FAST), tiny, on_epoch=lambda m, s: seen.append((m, s.epoch)))
+    history = result.history
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4] and [e for _, e in seen] == [1, 2, 3, 4]
+    assert set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s",
+                               "epoch_s"}
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1
+    assert history[-1]["val_acc"] > 0.3  # templates under noise: far above chance (0.1) after a few steps
+    assert all(math.isfinite(v) for m in history for v in m.values())
+
+
+def test_resuming_from_a_checkpoint_continues_the_same_run(tiny):
+    cfg = TrainConfig(epochs=2, seed=5, **FAST)
+    straight = train(cfg, tiny)
+    saved = {}
+    train(TrainConfig(epochs=2, seed=5, **FAST), tiny,
+          on_epoch=lambda m, s: saved.setdefault("first", s.state_dict()) if s.epoch == 1 else None)
+    resumed = train(cfg, tiny, resume=saved["first"])
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in straight.history])
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float())
+
+
+def test_a_checkpoint_of_another_model_is_refused_clearly(tiny):
+    saved = {}
+    train(TrainConfig(epochs=1, **FAST), tiny, on_epoch=lambda m, s: saved.update(s.state_dict()))
+    with pytest.raises(ValueError, match="does not match"):
+        train(TrainConfig(model="mish_cnn_bn", epochs=2, **FAST), tiny, resume=saved)
+
+
+def test_same_seed_same_run_other_seed_other_run(tiny):
+    runs = [train(TrainConfig(epochs=1, seed=s, **FAST), tiny).history[0]["train_loss"] for s in (1, 1, 2)]
+    assert runs[0] == runs[1] != runs[2]
+
+
+def test_evaluate_restores_the_training_mode(tiny):
+    model = build_model(TrainConfig(model="mish_cnn_bn"), tiny)
+    model.train()
+    result = evaluate(model, tiny.val)
+    assert model.training and 0 <= result["acc"] <= 1 and result["loss"] > 0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "constant"])
+def test_schedules_warm_up_then_follow_their_shape(schedule, tiny):
+    cfg = TrainConfig(epochs=4, lr=0.1, warmup_epochs=1, schedule=schedule)
+    model = build_model(cfg, tiny)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < 0.02 and max(lrs) == pytest.approx(0.1, rel=0.02)
+    assert lrs[-1] < 0.01 if schedule != "constant" else lrs[-1] == pytest.approx(0.1)
+
+
+def test_weight_decay_spares_norms_and_biases(tiny):
+    cfg = TrainConfig(model="mish_cnn_bn", weight_decay=0.1)
+    opt = make_optimizer(cfg, build_model(cfg, tiny))
+    decayed, spared = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0
+    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim == 1 for p in spared["params"])
+
+
+@pytest.mark.parametrize("key, value", [("lr", 0.0), ("epochs", 0), ("label_smoothing", 1.0), ("momentum", 1.0)])
+def test_out_of_range_values_are_config_errors(key, value):
+    with pytest.raises(ConfigError, match=key):
+        TrainConfig(**{key: value})
+
+
+def test_all_augmentations_and_optimizers_train(tiny):
+    for cfg in (TrainConfig(epochs=1, optimizer="sgd", lr=0.05, weight_decay=5e-4, crop="resized", cutout=8, **FAST),
+                TrainConfig(epochs=1, optimizer="adam", schedule="onecycle", crop="none", flip=False,
+                            label_smoothing=0.1, **FAST)):
+        assert math.isfinite(train(cfg, tiny).history[0]["train_loss"])
