@@ -66,3 +66,20 @@ def test_loader_visits_every_image_once_per_epoch_in_a_new_order():
     x, y = next(iter(loader))
     assert x.dtype == torch.float32 and torch.allclose(x[:, 0, 0, 0] * 255, y.float())  # [0, 1], matching labels
     assert len(DeviceLoader(data, batch_size=4, drop_last=True)) == 2
+
+
+@pytest.mark.parametrize("crop, flip", [("pad", True), ("pad", False), ("none", True), ("resized", True)])
+def test_bound_augment_draws_augmented_copies_of_the_indexed_images(crop, flip):
+    images = (torch.rand(30, 3, 8, 8, generator=_gen(5)) * 255).to(torch.uint8)
+    draw = Augment(crop=crop, pad=2, flip=flip).bind(images)
+    index = torch.tensor([4, 0, 29, 4, 17])
+    out = draw(index, _gen())
+    assert out.dtype == torch.uint8 and out.shape == (5, 3, 8, 8)
+    if crop == "resized":
+        return
+    pad = 2 if crop == "pad" else 0
+    for o, i in zip(out, index):
+        padded = torch.nn.functional.pad(images[i], (pad,) * 4)
+        candidates = [p[:, dy:dy + 8, dx:dx + 8] for p in (padded, padded.flip(2)) for dy in range(2 * pad + 1)
+                      for dx in range(2 * pad + 1)]
+        assert any(torch.equal(o, c) for c in candidates[: None if flip else len(candidates) // 2])

@@ -1,0 +1,54 @@
+"""Shared by the benchmarks: timing with warm-up and interleaved repeats, device naming, result files.
+
+This CPU's second core is sometimes contended, so every benchmark interleaves its contenders over several
+rounds and reports medians and the ratio of medians, never a single absolute time.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def timed(fn: Callable[[], int], device: torch.device) -> float:
+    """Run `fn` (which returns how many images it processed) once; images per second."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    n = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n / (time.perf_counter() - start)
+
+
+def interleave(contenders: dict[str, Callable[[], int]], device: torch.device, rounds: int) -> dict[str, dict]:
+    """One untimed warm-up call each, then `rounds` rounds of one timed call each; median and all samples."""
+    for fn in contenders.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            samples[name].append(timed(fn, device))
+    return {name: {"images_per_s": statistics.median(s), "samples": [round(v, 1) for v in s]}
+            for name, s in samples.items()}
+
+
+def save(name: str, result: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    slug = result["device"].split(",")[0].replace(" ", "_").lower()
+    path = RESULTS / f"{name}-{slug}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
