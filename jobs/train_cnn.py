@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
 
@@ -24,19 +23,14 @@ import pandas as pd  # noqa: E402
 
 from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
-from library.data import load_dataset  # noqa: E402
+from library.data.options import DataOptions, load_data  # noqa: E402
 from library.models import create_model, first_conv  # noqa: E402
 from library.plots import filter_grid_figure, training_curves_figure  # noqa: E402
 from library.training import TrainConfig, evaluate, model_options, train  # noqa: E402
 
 
 @dataclass(frozen=True)
-class JobConfig(TrainConfig):
-    dataset: Literal["cifar10", "mnist"] = "cifar10"
-    data_root: str = ""  # default: $CV_DATA_ROOT, else ~/.cache/cv-campaigns/data
-    val_size: int = 5000  # images of the training set held out for validation
-    train_size: int = 0  # cap on training images, 0 = all (quick runs)
-    test_size: int = 0  # cap on test images, 0 = all
+class JobConfig(TrainConfig, DataOptions):
     experiment: str = "train_cnn"  # MLflow experiment
     run_name: str = ""  # default: the model name
     output_dir: str = "outputs"  # a local copy of each trained model goes to <output_dir>/<run id>/
@@ -55,8 +49,7 @@ def _print_epoch(metrics: dict, epochs: int) -> None:
 def main(cfg: JobConfig) -> dict:
     create_model(cfg.model, **cfg.model_kw)  # a wrong model name or option fails here, before data or tracking
     uri = tracking.connect()
-    data = load_dataset(cfg.dataset, cfg.data_root or None, val_size=cfg.val_size, seed=cfg.seed)
-    data = data.limit(train=cfg.train_size, test=cfg.test_size, seed=cfg.seed)
+    data = load_data(cfg)
     print(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images"
           f"{'' if data.verified else ' (staged copy, checksums differ from the official archive)'}")
 

@@ -167,3 +167,9 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def project(cfg: Any, cls: type[C]) -> C:
+    """The fields of `cfg` that dataclass `cls` has, as a `cls`: a job config seen as one of its bases."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names})

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import mlflow
 import torch
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from torch import nn
 
@@ -121,12 +122,35 @@ def run_tags() -> dict[str, str]:
     return tags
 
 
-def log_config(cfg: Any) -> None:
-    """The flattened config as params (MLflow takes at most 100 per call)."""
-    params = {k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for k, v in flatten(cfg).items()}
+def log_config(cfg: Any, run_id: str | None = None, prefix: str = "") -> None:
+    """The flattened config as params of the active run, or of `run_id` (MLflow takes at most 100 per call)."""
+    params = {f"{prefix}{k}": json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+              for k, v in flatten(cfg).items()}
     items = list(params.items())
     for i in range(0, len(items), 100):
-        mlflow.log_params(dict(items[i : i + 100]))
+        if run_id is None:
+            mlflow.log_params(dict(items[i : i + 100]))
+        else:
+            mlflow.MlflowClient().log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
+
+
+def find_or_create_run(experiment: str, match: Mapping[str, str], run_name: str | None = None,
+                       tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> tuple[str, bool]:
+    """The run of `experiment` whose tags include `match` (e.g. a trial id), reopened as RUNNING; or a new one.
+    Returns (run id, created). This is what keeps a resumed sweep from duplicating its runs."""
+    client = mlflow.MlflowClient()
+    exp = experiment_id(experiment)
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in match.items())
+    found = client.search_runs([exp], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
+    if found:
+        run = found[0]
+        if run.info.status != "RUNNING":
+            client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, False
+    all_tags = {**run_tags(), **(tags or {}), **match}
+    if parent_run_id is not None:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    return client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id, True
 
 
 @contextlib.contextmanager
@@ -164,14 +188,22 @@ def save_model(model: nn.Module, directory: Path, name: str, model_kw: Mapping[s
     return directory
 
 
-def log_model(model: nn.Module, name: str, model_kw: Mapping[str, Any], local_dir: Path | None = None) -> None:
-    """Log the state dict and its rebuild spec under the run's `model/` artifacts. With `local_dir`, they are
-    written there first and kept, so a tracking server failing at the last moment loses no trained model."""
+def log_model(model: nn.Module, name: str, model_kw: Mapping[str, Any], local_dir: Path | None = None,
+              run_id: str | None = None) -> None:
+    """Log the state dict and its rebuild spec under the `model/` artifacts of the active run (or `run_id`).
+    With `local_dir`, they are written there first and kept, so a tracking server failing at the last moment
+    loses no trained model."""
+    def upload(directory: Path) -> None:
+        if run_id is None:
+            mlflow.log_artifacts(str(directory), MODEL_ARTIFACT_DIR)
+        else:
+            mlflow.MlflowClient().log_artifacts(run_id, str(directory), MODEL_ARTIFACT_DIR)
+
     if local_dir is not None:
-        mlflow.log_artifacts(str(save_model(model, local_dir, name, model_kw)), MODEL_ARTIFACT_DIR)
+        upload(save_model(model, local_dir, name, model_kw))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_artifacts(str(save_model(model, Path(tmp), name, model_kw)), MODEL_ARTIFACT_DIR)
+        upload(save_model(model, Path(tmp), name, model_kw))
 
 
 def load_model(run_id: str, map_location: str | torch.device = "cpu") -> nn.Module:

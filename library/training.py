@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, project
 from .data import Augment, DeviceLoader, ImageData, ImageSet
 from .models import create_model, model_kwargs
 from .runtime import pick_device, seed_everything
@@ -69,11 +69,6 @@ class TrainConfig:
 
     def augment(self) -> Augment:
         return Augment(self.crop, self.crop_pad, self.crop_scale_min, self.flip, self.cutout)
-
-
-def train_config(cfg: TrainConfig) -> TrainConfig:
-    """Just the TrainConfig fields of a config that extends it (a job's), e.g. for a checkpoint."""
-    return TrainConfig(**{k: v for k, v in asdict(cfg).items() if k in TrainConfig.__dataclass_fields__})
 
 
 def model_options(cfg: TrainConfig, data: ImageData) -> dict[str, Any]:
@@ -221,7 +216,7 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, len(loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    state = TrainState(train_config(cfg), model, optimizer, scheduler, generator)
+    state = TrainState(project(cfg, TrainConfig), model, optimizer, scheduler, generator)
     if resume is not None:
         state.load_state_dict(resume)
 

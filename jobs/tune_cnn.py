@@ -1,0 +1,134 @@
+"""The improved CIFAR-10 CNN (A3): Ray Tune searches architecture and training hyper-parameters together.
+
+    python jobs/tune_cnn.py                                    # Optuna + ASHA, 24 trials, local Ray
+    python jobs/tune_cnn.py --smoke-test                       # 3 tiny trials, well under a minute on a CPU
+    python jobs/tune_cnn.py --space.kernel='[3]' --space.lr='(1e-3, 3e-2, "log")' --num_samples=50
+    python jobs/tune_cnn.py --search=random --scheduler=fifo
+    ray job submit --working-dir . -- python jobs/tune_cnn.py  # on a cluster (see cluster.yaml)
+
+Trials tune on the validation split only. When the sweep ends, the best configuration is retrained on the
+whole training set and evaluated once on the test set. MLflow gets one parent run per sweep (the space, the
+budget, the leaderboard, importances, learning curves, the best config, its test accuracy and weights) and one
+child run per trial. Interrupted (Ctrl-C, a lost driver)? Run the same command again: the sweep resumes from
+its storage path and keeps logging into the same runs.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
+
+import mlflow  # noqa: E402
+
+from library import sweep_report, tracking  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.config import project  # noqa: E402
+from library.data.options import DataOptions, load_data  # noqa: E402
+from library.models import create_model, first_conv  # noqa: E402
+from library.plots import filter_grid_figure, training_curves_figure  # noqa: E402
+from library.search_space import DEFAULT_SPACE, SearchSpace  # noqa: E402
+from library.training import TrainConfig  # noqa: E402
+from library.tuning import SweepOptions, final_fit, ray_init, run_sweep  # noqa: E402
+
+
+@dataclass(frozen=True)
+class JobConfig(SweepOptions, TrainConfig, DataOptions):
+    model: str = "improved_cnn"  # the family the space's model options belong to
+    space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))  # see library/search_space.py
+    retrain: bool = True  # retrain the best configuration on train+val and test it once
+    smoke_test: bool = False
+
+    def __post_init__(self):
+        TrainConfig.__post_init__(self)
+        SweepOptions.__post_init__(self)
+
+
+SMOKE = {
+    "name": f"tune_cnn_smoke_{time.strftime('%Y%m%d-%H%M%S')}",
+    "num_samples": 3, "max_concurrent": 2, "grace_period": 1,
+    "train_size": 384, "val_size": 128, "test_size": 128, "eval_batch_size": 256, "warmup_epochs": 0.5,
+    "space": {"width": [8, 16], "stages": [2], "depth": [1], "kernel": [3, 5], "norm": ["bn"],
+              "act": ["relu", "mish"], "residual": [True, False], "lr": (1e-3, 1e-2, "log"), "batch_size": [64],
+              "epochs": [2]},
+}
+DESCRIPTION = ("A3: architecture + hyper-parameter search for the improved CIFAR-10 CNN. Trials are ranked by "
+               "validation accuracy; the best configuration is retrained on train+val and tested once.")
+
+
+def log_report(parent: str, space: SearchSpace) -> Any:
+    """Leaderboard, importances, learning curves and accuracy-vs-parameter plots, into the parent run."""
+    client = mlflow.MlflowClient()
+    table = sweep_report.leaderboard(parent)
+    names = [d.name for d in space.searched]
+    client.log_table(parent, table.astype({c: str for c in table.columns if table[c].dtype == object}),
+                     "leaderboard.json")
+    client.log_text(parent, table.to_csv(index=False), "leaderboard.csv")
+    client.log_figure(parent, sweep_report.importance_figure(sweep_report.importances(table, space.spec)),
+                      "parameter_importance.png")
+    client.log_figure(parent, sweep_report.curves_figure(sweep_report.learning_curves(parent)), "learning_curves.png")
+    client.log_figure(parent, sweep_report.accuracy_vs_parameter_figure(table, names), "accuracy_vs_parameters.png")
+    return table
+
+
+def log_final(parent: str, best_cfg: TrainConfig, data, cfg: JobConfig) -> float:
+    """Retrain the best configuration on train+val, test it once; log the result into the parent run."""
+    client = mlflow.MlflowClient()
+    done = client.get_run(parent).data.metrics
+    if "test_acc" in done:  # a resumed, finished sweep: the test set has been used already
+        print(f"the best configuration was already tested: test accuracy {done['test_acc']:.4f}")
+        return done["test_acc"]
+    final = final_fit(best_cfg, data, cfg)
+    for epoch in final["history"]:
+        client.log_batch(parent, metrics=[mlflow.entities.Metric(f"final.{k}", float(v), 0, int(epoch["epoch"]))
+                                          for k, v in epoch.items() if k in ("train_loss", "train_acc")])
+    client.log_metric(parent, "test_acc", final["test"]["acc"])
+    client.log_metric(parent, "test_loss", final["test"]["loss"])
+    options = {"num_classes": data.num_classes, "in_chans": data.image_shape[0], **best_cfg.model_kw}
+    model = create_model(best_cfg.model, **options)
+    model.load_state_dict(final["state_dict"])
+    tracking.log_model(model, best_cfg.model, options, run_id=parent)
+    client.log_figure(parent, training_curves_figure(final["history"], "best configuration, final fit on train+val"),
+                      "final_fit_curves.png")
+    client.log_figure(parent, filter_grid_figure(first_conv(model).weight), "final_first_layer_filters.png")
+    return final["test"]["acc"]
+
+
+def main(cfg: JobConfig) -> dict:
+    space = SearchSpace(cfg.space, project(cfg, TrainConfig))  # a bad space key or value stops here, before Ray
+    uri = tracking.connect()
+    data = load_data(cfg)
+    ray_init(cfg.ray_address)
+    outcome = run_sweep(project(cfg, SweepOptions), space, data, experiment=cfg.name, description=DESCRIPTION,
+                        parent_params={"data.train_images": len(data.train), "data.val_images": len(data.val),
+                                       "data.test_images": len(data.test), "data.verified": data.verified})
+    parent = outcome.parent_run_id
+    errors = sum(1 for r in outcome.results if r.error is not None)
+    table = log_report(parent, space)
+    if table.empty:
+        raise RuntimeError(f"no trial reported a result ({errors} errored); see the Tune log in {cfg.experiment_path()}")
+    best_row = table.iloc[0]
+    best_point = space.fixed() | {d.name: best_row[d.name] for d in space.searched}
+    best_cfg = space.apply(best_point)
+    client = mlflow.MlflowClient()
+    client.set_tag(parent, "best_trial", best_row["trial"])
+    tracking.log_config(best_point, run_id=parent, prefix="best.")
+    client.log_metric(parent, "best_val_acc", float(best_row["val_acc"]))
+    client.log_text(parent, f"{best_cfg.model}: {best_cfg.model_kw}\n{best_cfg}\n", "best_config.txt")
+    test_acc = log_final(parent, best_cfg, data, cfg) if cfg.retrain else float("nan")
+    client.set_terminated(parent, "FINISHED")
+
+    summary = {"parent_run_id": parent, "trials": len(table), "errored": errors, "best_trial": best_row["trial"],
+               "best_val_acc": float(best_row["val_acc"]), "test_acc": test_acc, "best_config": best_point}
+    print(f"\n{len(table)} trials ({errors} errored); best {best_row['trial']}: val acc {best_row['val_acc']:.4f}"
+          f" with {sweep_report.describe_best(best_row, [d.name for d in space.searched])}")
+    print(f"best configuration retrained on train+val: test accuracy {test_acc:.4f}")
+    print(f"MLflow parent run {parent} in experiment '{cfg.name}' at {uri}; Tune state in {cfg.experiment_path()}")
+    return summary
+
+
+if __name__ == "__main__":
+    run_job(main, JobConfig, smoke=SMOKE)

@@ -1,0 +1,23 @@
+"""The data options every training job shares, as a dataclass mixin, and loading from them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from . import load_dataset
+from .images import ImageData
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    dataset: Literal["cifar10", "mnist"] = "cifar10"
+    data_root: str = ""  # default: $CV_DATA_ROOT, else ~/.cache/cv-campaigns/data
+    val_size: int = 5000  # images of the training set held out for validation (seeded, stratified)
+    train_size: int = 0  # cap on training images, 0 = all (quick runs)
+    test_size: int = 0  # cap on test images, 0 = all
+    split_seed: int = 0  # seeds the train/validation split and the caps, independently of training seeds
+
+
+def load_data(opts: DataOptions) -> ImageData:
+    data = load_dataset(opts.dataset, opts.data_root or None, val_size=opts.val_size, seed=opts.split_seed)
+    return data.limit(train=opts.train_size, test=opts.test_size, seed=opts.split_seed)

@@ -1,0 +1,157 @@
+"""A sweep's comparison rebuilt from MLflow alone: the leaderboard, learning curves, parameter importances.
+
+The tune job logs these into the parent run when the sweep ends, and `notebooks/sweep_report.ipynb` calls the
+same functions, so the figures in the run and in the notebook are the same figures.
+"""
+from __future__ import annotations
+
+import ast
+import math
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .tune_tracking import SPACE_PARAM_PREFIX
+
+
+def child_runs(parent_run_id: str) -> pd.DataFrame:
+    """The trial runs under a sweep's parent run, as `mlflow.search_runs` returns them."""
+    parent = mlflow.get_run(parent_run_id)
+    return mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              output_format="pandas")
+
+
+def space_spec(parent_run_id: str) -> dict[str, Any]:
+    """The search space as the parent run recorded it (`space.<name>` params)."""
+    params = mlflow.get_run(parent_run_id).data.params
+    return {k[len("space."):]: ast.literal_eval(v) for k, v in params.items() if k.startswith("space.")}
+
+
+def _value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def leaderboard(parent_run_id: str) -> pd.DataFrame:
+    """One row per trial, best last validation accuracy first: the trial's searched values, its final metrics,
+    how many epochs it ran (fewer than budgeted when ASHA stopped it) and its run status."""
+    runs = child_runs(parent_run_id)
+    client = mlflow.MlflowClient()
+    rows = []
+    for _, run in runs.iterrows():
+        history = client.get_metric_history(run["run_id"], "val_acc")
+        row = {"trial": run.get("tags.mlflow.runName"), "run_id": run["run_id"], "status": run["status"],
+               "epochs_run": max((m.step for m in history), default=0),
+               "val_acc": run.get("metrics.val_acc", math.nan), "val_loss": run.get("metrics.val_loss", math.nan),
+               "train_loss": run.get("metrics.train_loss", math.nan)}
+        for column in runs.columns:
+            if column.startswith(f"params.{SPACE_PARAM_PREFIX}"):
+                row[column[len(f"params.{SPACE_PARAM_PREFIX}"):]] = _value(run[column]) if isinstance(run[column], str) else run[column]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("val_acc", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def learning_curves(parent_run_id: str, metric: str = "val_acc") -> dict[str, pd.Series]:
+    """Per trial (run name), `metric` indexed by epoch."""
+    client = mlflow.MlflowClient()
+    curves = {}
+    for _, run in child_runs(parent_run_id).iterrows():
+        history = sorted(client.get_metric_history(run["run_id"], metric), key=lambda m: m.step)
+        if history:
+            curves[run["tags.mlflow.runName"]] = pd.Series([m.value for m in history], index=[m.step for m in history])
+    return curves
+
+
+def importances(table: pd.DataFrame, spec: dict[str, Any]) -> pd.Series:
+    """How much each searched parameter mattered to validation accuracy (Optuna's PED-ANOVA on the finished
+    trials, whatever searcher produced them). Empty when there are too few trials to say."""
+    import optuna
+
+    from .search_space import dimension, optuna_distributions
+
+    dims = [dimension(name, value) for name, value in spec.items() if name in table.columns]
+    dists = optuna_distributions(dims)
+    done = table.dropna(subset=["val_acc"])
+    if len(done) < 4 or not dists:
+        return pd.Series(dtype=float)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for _, row in done.iterrows():
+        params = {n: row[n].item() if hasattr(row[n], "item") else row[n] for n in dists}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row["val_acc"])))
+    try:
+        scores = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    except (RuntimeError, ValueError):
+        return pd.Series(dtype=float)
+    return pd.Series(scores, dtype=float).sort_values(ascending=False)
+
+
+def importance_figure(scores: pd.Series) -> Figure:
+    fig = Figure(figsize=(6, 0.4 * max(3, len(scores)) + 1))
+    ax = fig.add_subplot()
+    if scores.empty:
+        ax.text(0.5, 0.5, "too few finished trials to estimate importances", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        ax.barh(scores.index[::-1], scores.values[::-1])
+        ax.set_xlabel("importance for validation accuracy (PED-ANOVA)")
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: dict[str, pd.Series], metric: str = "val_acc", highlight: str | None = None) -> Figure:
+    """Every trial's curve, the best one (or `highlight`) drawn bold."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.add_subplot()
+    best = highlight or (max(curves, key=lambda k: curves[k].iloc[-1]) if curves else None)
+    for name, series in curves.items():
+        bold = name == best
+        ax.plot(series.index, series.values, marker="o" if bold else None, linewidth=2.5 if bold else 1,
+                alpha=1 if bold else 0.45, label=name if bold else None, zorder=3 if bold else 1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} of {len(curves)} trials (ASHA-stopped trials end early)")
+    ax.grid(alpha=0.3)
+    if best:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str]) -> Figure:
+    """Validation accuracy against each searched parameter (log axis for positive ranges spanning 10×)."""
+    names = [n for n in names if n in table.columns]
+    cols = min(3, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig = Figure(figsize=(4 * cols, 3 * rows))
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        x = table[name]
+        if pd.api.types.is_numeric_dtype(x) and x.nunique() > 4:
+            ax.scatter(x, table["val_acc"], s=14)
+            if (x > 0).all() and x.max() / x.min() >= 10:
+                ax.set_xscale("log")
+        else:
+            labels = [str(v) for v in x]
+            order = sorted(set(labels))
+            ax.scatter([order.index(v) for v in labels], table["val_acc"], s=14)
+            ax.set_xticks(range(len(order)), order)
+        ax.set_title(name)
+        ax.set_ylabel("val_acc")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def describe_best(row: pd.Series, names: list[str]) -> str:
+    return ", ".join(f"{n}={row[n]:.3g}" if isinstance(row[n], (float, np.floating)) else f"{n}={row[n]}"
+                     for n in names if n in row)

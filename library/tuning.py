@@ -1,0 +1,227 @@
+"""Ray Tune around `library.training.train`: the trainable, the searcher and scheduler, and `run_sweep`.
+
+The trainable is the only Tune-aware training code: `train()` calls back after each epoch, and the callback
+reports the metrics together with a checkpoint of the full training state; a restarted or resumed trial
+continues from `tune.get_checkpoint()`. The data set travels once through the object store
+(`tune.with_parameters`). Metrics reach MLflow through `MLflowTrialRuns` on the driver.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from . import tracking
+from .config import ConfigError
+from .data import ImageData, ImageSet
+from .search_space import SearchSpace
+from .training import TrainConfig, evaluate, train
+
+CHECKPOINT_FILE = "train_state.pt"
+METRIC, MODE = "val_acc", "max"
+
+
+class CheckpointError(RuntimeError):
+    """A trial checkpoint exists but cannot be read."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs; a job's config extends this."""
+
+    name: str = "tune_cnn"  # Tune experiment name (a folder under storage_path) and MLflow experiment name
+    storage_path: str = "~/ray_results"  # local dir, NFS mount or s3://bucket/prefix; shared by all nodes
+    num_samples: int = 24  # trials (for search=grid: repeats of the grid)
+    max_concurrent: int = 4  # trials running at once (and Optuna's window of pending suggestions)
+    search: Literal["optuna", "random", "grid"] = "optuna"
+    scheduler: Literal["asha", "fifo"] = "asha"  # asha stops weak trials early; fifo runs every trial out
+    grace_period: int = 2  # epochs every trial gets before ASHA may stop it
+    reduction_factor: int = 3  # ASHA keeps the top 1/reduction_factor at each rung
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.25  # only when the cluster has GPUs: 0.25 = four small trials share one GPU
+    time_budget_s: float = 0.0  # stop the whole sweep after this many seconds, 0 = no limit
+    resume: bool = True  # continue a sweep of the same name found in storage_path; false: refuse to touch it
+    ray_address: str = ""  # default: $RAY_ADDRESS (set by `ray job submit`), else a local Ray
+    search_seed: int = 0  # seeds Optuna's sampler
+
+    def __post_init__(self):
+        for key in ("num_samples", "max_concurrent", "grace_period"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
+        if self.reduction_factor < 2:
+            raise ConfigError(f"reduction_factor={self.reduction_factor} must be at least 2")
+        if self.cpus_per_trial <= 0 or not 0 <= self.gpus_per_trial <= 1 and self.gpus_per_trial % 1:
+            raise ConfigError("cpus_per_trial must be > 0 and gpus_per_trial a fraction or a whole number")
+
+    def experiment_path(self) -> str:
+        """Absolute (Tune changes each trial's working directory), or a URI as given."""
+        root = self.storage_path if "://" in self.storage_path else str(Path(self.storage_path).expanduser().resolve())
+        return f"{root.rstrip('/')}/{self.name}"
+
+
+def _load_checkpoint(checkpoint) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / CHECKPOINT_FILE
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated file, unpickling refused, missing file
+            raise CheckpointError(f"trial checkpoint {checkpoint.path} cannot be read ({type(e).__name__}: {e}). "
+                                  "Delete that checkpoint folder to restart the trial from its previous one, "
+                                  "or from scratch.") from e
+
+
+def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace) -> None:
+    """One trial: the sampled `config` applied to the space's base TrainConfig, trained with a report and a
+    checkpoint per epoch."""
+    import ray
+    from ray import tune
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))  # Ray's default for a worker is 1 thread whatever it reserved
+    cfg = space.apply(config)
+
+    def on_epoch(metrics: dict, state) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state.state_dict(), Path(directory) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    train(cfg, data, on_epoch=on_epoch, resume=_load_checkpoint(tune.get_checkpoint()))
+
+
+def _searcher(opts: SweepOptions, space: SearchSpace):
+    if opts.search != "optuna":
+        return None  # Tune's BasicVariantGenerator, driven by param_space
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna = OptunaSearch(space=space.define_by_run, metric=METRIC, mode=MODE, seed=opts.search_seed)
+    return ConcurrencyLimiter(optuna, max_concurrent=opts.max_concurrent)
+
+
+def _scheduler(opts: SweepOptions, space: SearchSpace):
+    if opts.scheduler == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = space.max_epochs()
+    return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(opts.grace_period, max_t),
+                         reduction_factor=opts.reduction_factor)
+
+
+def _gpus_per_trial(opts: SweepOptions) -> float:
+    import ray
+
+    return opts.gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbacks: list):
+    """A new Tuner, or the restored one when the experiment path already holds this sweep."""
+    from ray import tune
+
+    path = opts.experiment_path()
+    resources = {"cpu": opts.cpus_per_trial, "gpu": _gpus_per_trial(opts)}
+    fn = tune.with_resources(tune.with_parameters(trainable, data=data, space=space), resources)
+    if tune.Tuner.can_restore(path):
+        if not opts.resume:
+            raise ConfigError(f"a sweep named {opts.name!r} already exists at {path}; pass --resume=true to "
+                              "continue it, or choose another --name")
+        print(f"resuming the sweep stored at {path}")
+        return tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True), True
+    grid = opts.search == "grid"
+    param_space = {} if opts.search == "optuna" else space.tune_space(grid=grid)
+    tune_config = tune.TuneConfig(
+        metric=METRIC, mode=MODE, search_alg=_searcher(opts, space), scheduler=_scheduler(opts, space),
+        num_samples=opts.num_samples, reuse_actors=True, time_budget_s=opts.time_budget_s or None,
+        max_concurrent_trials=None if opts.search == "optuna" else opts.max_concurrent,
+    )
+    run_config = tune.RunConfig(
+        name=opts.name, storage_path=path.rsplit("/", 1)[0], callbacks=callbacks,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=1),  # one retry from the last checkpoint (lost node)
+    )
+    return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config), False
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    results: Any  # ray.tune.ResultGrid
+    resumed: bool
+
+
+def sweep_id(opts: SweepOptions) -> str:
+    """A stable key for the sweep's MLflow parent run: its experiment path."""
+    return hashlib.sha1(opts.experiment_path().encode()).hexdigest()[:16]
+
+
+def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experiment: str,
+              parent_params: dict[str, Any] | None = None, description: str | None = None) -> SweepOutcome:
+    """Run (or resume) the sweep: the parent MLflow run, one child per trial, Tune until done.
+
+    Call `tracking.connect()` and `ray.init()` first. The parent run is found again by the sweep's storage path,
+    so a resumed sweep logs into the same parent and children.
+    """
+    from .tune_tracking import MLflowTrialRuns
+
+    uri = tracking.tracking_uri()
+    parent, created = tracking.find_or_create_run(
+        experiment, {"sweep_id": sweep_id(opts)}, run_name=opts.name,
+        tags={"sweep_path": opts.experiment_path(), "mlflow.note.content": description or ""})
+    if created:
+        tracking.log_config(opts, run_id=parent, prefix="sweep.")
+        tracking.log_config(space.base, run_id=parent, prefix="base.")
+        tracking.log_config({k: repr(v) for k, v in space.spec.items()}, run_id=parent, prefix="space.")  # tuples stay tuples
+        if parent_params:
+            tracking.log_config(parent_params, run_id=parent)
+    callbacks = [MLflowTrialRuns(experiment, parent, space, uri)]
+    tuner, resumed = build_tuner(opts, space, data, callbacks)
+    if resumed:
+        # A restored Tuner unpickles the callbacks of the first run, with that run's tracking URI; Tuner.restore
+        # takes no new ones, so swap in ours (which point at today's store).
+        tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001
+    results = tuner.fit()
+    return SweepOutcome(parent, results, resumed)
+
+
+def ray_init(address: str = "") -> None:
+    """Connect to `address`, $RAY_ADDRESS (set by `ray job submit`), or start a local Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
+                 runtime_env={"env_vars": {tracking.GIT_SHA_ENV: tracking.git_sha()}})
+
+
+def merge_train_val(data: ImageData) -> ImageData:
+    """The final-fit data: training and validation splits together, no validation, the same test set."""
+    train_set = ImageSet(torch.cat([data.train.images, data.val.images]), torch.cat([data.train.labels, data.val.labels]))
+    empty = ImageSet(data.val.images[:0], data.val.labels[:0])
+    return dataclasses.replace(data, train=train_set, val=empty)
+
+
+def _final_fit_task(cfg: TrainConfig, data: ImageData) -> dict[str, Any]:
+    import ray
+
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    result = train(cfg, data)
+    test = evaluate(result.model, data.test, cfg.eval_batch_size, cfg.amp)
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    return {"history": result.history, "test": test, "state_dict": state, "init": result.model.init_scheme}
+
+
+def final_fit(cfg: TrainConfig, data: ImageData, opts: SweepOptions) -> dict[str, Any]:
+    """Retrain `cfg` on train+validation and evaluate it once on the test set, as one Ray task (a whole GPU
+    when the cluster has one). Returns the per-epoch history, the test metrics and the weights (on the CPU)."""
+    import ray
+
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    task = ray.remote(_final_fit_task).options(num_cpus=opts.cpus_per_trial, num_gpus=gpus)
+    return ray.get(task.remote(cfg, merge_train_val(data)))
