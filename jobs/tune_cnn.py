@@ -106,7 +106,11 @@ def main(cfg: JobConfig) -> dict:
                         parent_params={"data.train_images": len(data.train), "data.val_images": len(data.val),
                                        "data.test_images": len(data.test), "data.verified": data.verified})
     parent = outcome.parent_run_id
-    errors = sum(1 for r in outcome.results if r.error is not None)
+    if not outcome.finished:
+        print(f"\nthe sweep was interrupted with trials unfinished; its state is saved in {cfg.experiment_path()}."
+              "\nRun the same command again to resume it (same MLflow runs, no duplicates).")
+        raise SystemExit(130)
+    errors = outcome.results.num_errors
     table = log_report(parent, space)
     if table.empty:
         raise RuntimeError(f"no trial reported a result ({errors} errored); see the Tune log in {cfg.experiment_path()}")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +157,25 @@ class SweepOutcome:
     parent_run_id: str
     results: Any  # ray.tune.ResultGrid
     resumed: bool
+    finished: bool  # False: stopped (Ctrl-C / SIGINT) with trials to run; the same command resumes it
+
+
+def expected_trials(opts: SweepOptions, space: SearchSpace) -> int:
+    if opts.search != "grid":
+        return opts.num_samples
+    return opts.num_samples * math.prod(len(d.values) for d in space.searched)
+
+
+def _all_trials_done(parent_run_id: str, expected: int) -> bool:
+    """Every trial the search owes has ended, by the child runs' statuses. `MLflowTrialRuns` closes a run only
+    when Tune completes, early-stops or fails its trial, never when a Ctrl-C cleanup stops it, and the statuses
+    outlive the driver, unlike Tune's in-memory trial states (which an interrupted trial leaves TERMINATED)."""
+    import mlflow
+
+    parent = mlflow.get_run(parent_run_id)
+    children = mlflow.MlflowClient().search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
+    return len(children) >= expected and all(c.info.status in ("FINISHED", "FAILED") for c in children)
 
 
 def sweep_id(opts: SweepOptions) -> str:
@@ -187,8 +208,11 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
         # A restored Tuner unpickles the callbacks of the first run, with that run's tracking URI; Tuner.restore
         # takes no new ones, so swap in ours (which point at today's store).
         tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001
+    start = time.monotonic()
     results = tuner.fit()
-    return SweepOutcome(parent, results, resumed)
+    budget_spent = bool(opts.time_budget_s) and time.monotonic() - start >= opts.time_budget_s
+    finished = budget_spent or _all_trials_done(parent, expected_trials(opts, space))
+    return SweepOutcome(parent, results, resumed, finished)
 
 
 def ray_init(address: str = "") -> None:
