@@ -14,6 +14,7 @@ its storage path and keeps logging into the same runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import mlflow  # noqa: E402
 
 from library import sweep_report, tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
-from library.config import project  # noqa: E402
+from library.config import ConfigError, project  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.models import create_model, first_conv  # noqa: E402
 from library.plots import filter_grid_figure, training_curves_figure  # noqa: E402
@@ -39,18 +40,22 @@ from library.tuning import SweepOptions, final_fit, ray_init, run_sweep  # noqa:
 class JobConfig(SweepOptions, TrainConfig, DataOptions):
     model: str = "improved_cnn"  # the family the space's model options belong to
     space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))  # see library/search_space.py
-    retrain: bool = True  # retrain the best configuration on train+val and test it once
+    retrain: bool = True  # retrain the best configuration on the whole training set and test it once
+    final_epochs: int = 0  # epochs of that final fit; 0 = the best trial's epoch budget
+    final_train_size: int = 0  # cap on its training images (train+val); 0 = the whole training set
     smoke_test: bool = False
 
     def __post_init__(self):
         TrainConfig.__post_init__(self)
         SweepOptions.__post_init__(self)
+        if self.final_epochs < 0 or self.final_train_size < 0:
+            raise ConfigError("final_epochs and final_train_size must be >= 0")
 
 
 SMOKE = {
     "name": f"tune_cnn_smoke_{time.strftime('%Y%m%d-%H%M%S')}",
     "num_samples": 3, "max_concurrent": 2, "grace_period": 1,
-    "train_size": 384, "val_size": 128, "test_size": 128, "eval_batch_size": 256, "warmup_epochs": 0.5,
+    "train_size": 384, "val_size": 128, "test_size": 128, "final_train_size": 384, "eval_batch_size": 256, "warmup_epochs": 0.5,
     "space": {"width": [8, 16], "stages": [2], "depth": [1], "kernel": [3, 5], "norm": ["bn"],
               "act": ["relu", "mish"], "residual": [True, False], "lr": (1e-3, 1e-2, "log"), "batch_size": [64],
               "epochs": [2]},
@@ -74,20 +79,23 @@ def log_report(parent: str, space: SearchSpace) -> Any:
     return table
 
 
-def log_final(parent: str, best_cfg: TrainConfig, data, cfg: JobConfig) -> float:
-    """Retrain the best configuration on train+val, test it once; log the result into the parent run."""
+def log_final(parent: str, best_cfg: TrainConfig, cfg: JobConfig) -> float:
+    """Retrain the best configuration on the whole training set (train+val, uncapped), test it once; log the
+    result into the parent run."""
     client = mlflow.MlflowClient()
     done = client.get_run(parent).data.metrics
     if "test_acc" in done:  # a resumed, finished sweep: the test set has been used already
         print(f"the best configuration was already tested: test accuracy {done['test_acc']:.4f}")
         return done["test_acc"]
-    final = final_fit(best_cfg, data, cfg)
+    # trials may tune on a capped subset (train_size); the final fit uses the whole training set
+    full = load_data(dataclasses.replace(cfg, train_size=cfg.final_train_size))
+    final = final_fit(best_cfg, full, cfg)
     for epoch in final["history"]:
         client.log_batch(parent, metrics=[mlflow.entities.Metric(f"final.{k}", float(v), 0, int(epoch["epoch"]))
                                           for k, v in epoch.items() if k in ("train_loss", "train_acc")])
     client.log_metric(parent, "test_acc", final["test"]["acc"])
     client.log_metric(parent, "test_loss", final["test"]["loss"])
-    options = {"num_classes": data.num_classes, "in_chans": data.image_shape[0], **best_cfg.model_kw}
+    options = {"num_classes": full.num_classes, "in_chans": full.image_shape[0], **best_cfg.model_kw}
     model = create_model(best_cfg.model, **options)
     model.load_state_dict(final["state_dict"])
     tracking.log_model(model, best_cfg.model, options, run_id=parent)
@@ -117,19 +125,21 @@ def main(cfg: JobConfig) -> dict:
     best_row = table.iloc[0]
     best_point = space.fixed() | {d.name: best_row[d.name] for d in space.searched}
     best_cfg = space.apply(best_point)
+    if cfg.final_epochs:
+        best_cfg = dataclasses.replace(best_cfg, epochs=cfg.final_epochs)
     client = mlflow.MlflowClient()
     client.set_tag(parent, "best_trial", best_row["trial"])
     tracking.log_config(best_point, run_id=parent, prefix="best.")
     client.log_metric(parent, "best_val_acc", float(best_row["val_acc"]))
     client.log_text(parent, f"{best_cfg.model}: {best_cfg.model_kw}\n{best_cfg}\n", "best_config.txt")
-    test_acc = log_final(parent, best_cfg, data, cfg) if cfg.retrain else float("nan")
+    test_acc = log_final(parent, best_cfg, cfg) if cfg.retrain else float("nan")
     client.set_terminated(parent, "FINISHED")
 
     summary = {"parent_run_id": parent, "trials": len(table), "errored": errors, "best_trial": best_row["trial"],
                "best_val_acc": float(best_row["val_acc"]), "test_acc": test_acc, "best_config": best_point}
     print(f"\n{len(table)} trials ({errors} errored); best {best_row['trial']}: val acc {best_row['val_acc']:.4f}"
           f" with {sweep_report.describe_best(best_row, [d.name for d in space.searched])}")
-    print(f"best configuration retrained on train+val: test accuracy {test_acc:.4f}")
+    print(f"best configuration retrained on the whole training set: test accuracy {test_acc:.4f}")
     print(f"MLflow parent run {parent} in experiment '{cfg.name}' at {uri}; Tune state in {cfg.experiment_path()}")
     return summary
 

@@ -26,6 +26,7 @@ from .search_space import SearchSpace
 from .training import TrainConfig, evaluate, train
 
 CHECKPOINT_FILE = "train_state.pt"
+STORAGE_ENV = "CV_STORAGE_PATH"
 METRIC, MODE = "val_acc", "max"
 
 
@@ -38,7 +39,8 @@ class SweepOptions:
     """How a sweep runs; a job's config extends this."""
 
     name: str = "tune_cnn"  # Tune experiment name (a folder under storage_path) and MLflow experiment name
-    storage_path: str = "~/ray_results"  # local dir, NFS mount or s3://bucket/prefix; shared by all nodes
+    storage_path: str = ""  # local dir, NFS mount or s3://bucket/prefix, shared by all nodes; default:
+    # $CV_STORAGE_PATH (cluster.yaml sets it to shared storage), else ~/ray_results
     num_samples: int = 24  # trials (for search=grid: repeats of the grid)
     max_concurrent: int = 4  # trials running at once (and Optuna's window of pending suggestions)
     search: Literal["optuna", "random", "grid"] = "optuna"
@@ -63,7 +65,8 @@ class SweepOptions:
 
     def experiment_path(self) -> str:
         """Absolute (Tune changes each trial's working directory), or a URI as given."""
-        root = self.storage_path if "://" in self.storage_path else str(Path(self.storage_path).expanduser().resolve())
+        root = self.storage_path or os.environ.get(STORAGE_ENV) or "~/ray_results"
+        root = root if "://" in root else str(Path(root).expanduser().resolve())
         return f"{root.rstrip('/')}/{self.name}"
 
 

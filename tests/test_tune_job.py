@@ -116,3 +116,20 @@ def test_bad_keys_fail_before_ray_starts(tmp_path, cifar_root, arg, key):
     out = run_tune(tmp_path, cifar_root, "bad", arg, timeout=120)
     assert out.returncode == 2 and key in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and "Started a local Ray" not in out.stdout + out.stderr
+
+
+def test_the_notebook_rebuilds_the_comparison_from_mlflow(smoke, monkeypatch):
+    import nbclient
+    import nbformat
+
+    store, _ = smoke
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    monkeypatch.setenv("SWEEP_EXPERIMENT", "smoke")
+    notebook = nbformat.read(REPO / "notebooks" / "sweep_report.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "trainable_" in text and "test accuracy after the final fit" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # accuracy-vs-parameter, curves, importance
