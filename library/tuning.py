@@ -60,8 +60,10 @@ class SweepOptions:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
         if self.reduction_factor < 2:
             raise ConfigError(f"reduction_factor={self.reduction_factor} must be at least 2")
-        if self.cpus_per_trial <= 0 or not 0 <= self.gpus_per_trial <= 1 and self.gpus_per_trial % 1:
-            raise ConfigError("cpus_per_trial must be > 0 and gpus_per_trial a fraction or a whole number")
+        if self.cpus_per_trial <= 0:
+            raise ConfigError(f"cpus_per_trial={self.cpus_per_trial} must be positive")
+        if self.gpus_per_trial < 0 or (self.gpus_per_trial > 1 and self.gpus_per_trial % 1):
+            raise ConfigError(f"gpus_per_trial={self.gpus_per_trial} must be a fraction of one GPU or whole GPUs")
 
     def experiment_path(self) -> str:
         """Absolute (Tune changes each trial's working directory), or a URI as given."""
@@ -78,7 +80,8 @@ def _load_checkpoint(checkpoint) -> dict[str, Any] | None:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated file, unpickling refused, missing file
-            raise CheckpointError(f"trial checkpoint {checkpoint.path} cannot be read ({type(e).__name__}: {e}). "
+            cause = (str(e).splitlines() or [""])[0]  # torch's full text suggests weights_only=False: not for us
+            raise CheckpointError(f"trial checkpoint {checkpoint.path} cannot be read ({type(e).__name__}: {cause}). "
                                   "Delete that checkpoint folder to restart the trial from its previous one, "
                                   "or from scratch.") from e
 

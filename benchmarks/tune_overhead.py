@@ -1,0 +1,86 @@
+"""What Ray Tune costs: the same four trainings run by a plain loop and by the real sweep path.
+
+Plain: `train()` four times in this process. Tune: `library.tuning.run_sweep` (a local Ray started for it,
+one trial at a time with both CPUs, a checkpoint and a report every epoch, MLflow parent and child runs)
+over a grid of the same four configurations. Wall time of each, data loading excluded from both, Ray's
+start-up included in Tune's. Goal: Tune / plain ≤ 1.05.
+
+    python benchmarks/tune_overhead.py [--images=8192] [--epochs=3] [--rounds=1]
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks.common import device_name, save  # noqa: E402
+from library import tracking  # noqa: E402
+from library.config import from_cli  # noqa: E402
+from library.data import load_cifar10  # noqa: E402
+from library.runtime import pick_device  # noqa: E402
+from library.search_space import SearchSpace  # noqa: E402
+from library.training import TrainConfig, train  # noqa: E402
+from library.tuning import SweepOptions, run_sweep  # noqa: E402
+
+LRS = [1e-3, 2e-3, 3e-3, 5e-3]  # the four configurations: one model, four learning rates
+
+
+@dataclass(frozen=True)
+class Config:
+    data_root: str = ""  # default: $CV_DATA_ROOT
+    images: int = 8192  # training images per epoch
+    epochs: int = 3  # epochs per configuration
+    rounds: int = 1  # plain/Tune pairs, interleaved
+
+
+def plain(space: SearchSpace, data) -> float:
+    start = time.perf_counter()
+    for lr in LRS:
+        train(space.apply({"lr": lr}), data)
+    return time.perf_counter() - start
+
+
+def with_tune(space: SearchSpace, data, round_: int) -> float:
+    import ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        opts = SweepOptions(name=f"overhead{round_}", storage_path=f"{tmp}/ray", search="grid", scheduler="fifo",
+                            num_samples=1, max_concurrent=1, cpus_per_trial=2)
+        start = time.perf_counter()
+        tracking.connect()
+        ray.init(num_cpus=2, include_dashboard=False)
+        outcome = run_sweep(opts, space, data, experiment="overhead")
+        elapsed = time.perf_counter() - start
+        ray.shutdown()
+    assert outcome.finished and outcome.results.num_errors == 0
+    return elapsed
+
+
+def main(cfg: Config) -> dict:
+    torch.set_num_threads(2)
+    data = load_cifar10(cfg.data_root or None, val_size=2000).limit(train=cfg.images)
+    base = TrainConfig(model="improved_cnn", model_kw={"widths": (32, 64), "depth": 1}, epochs=cfg.epochs)
+    space = SearchSpace({"lr": LRS}, base)
+    times: dict[str, list[float]] = {"plain": [], "tune": []}
+    for r in range(cfg.rounds):
+        times["plain"].append(plain(space, data))
+        times["tune"].append(with_tune(space, data, r))
+        print(f"round {r}: plain {times['plain'][-1]:.1f} s, tune {times['tune'][-1]:.1f} s", flush=True)
+    ratio = statistics.median(times["tune"]) / statistics.median(times["plain"])
+    result = {"benchmark": "tune_overhead", "device": device_name(pick_device()), "config": vars(cfg),
+              "seconds": times, "overhead_ratio": round(ratio, 3), "goal": "<= 1.05"}
+    print(f"Tune / plain = {ratio:.3f} (goal <= 1.05) on {result['device']}; saved {save('tune_overhead', result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main(from_cli(Config))

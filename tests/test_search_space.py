@@ -1,0 +1,96 @@
+"""The search space and the Tune adapter's pieces that need no running Ray."""
+import math
+
+import optuna
+import pytest
+import torch
+from ray import tune
+
+from library.config import ConfigError
+from library.search_space import DEFAULT_SPACE, SearchSpace, dimension, optuna_distributions
+from library.training import TrainConfig
+from library.tuning import CheckpointError, SweepOptions, _load_checkpoint, expected_trials, merge_train_val
+
+BASE = TrainConfig(model="improved_cnn")
+
+
+def test_the_default_space_is_valid_and_every_sample_is_a_working_config():
+    space = SearchSpace(DEFAULT_SPACE, BASE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        constants = space.define_by_run(trial)
+        cfg = space.apply(trial.params | constants)
+        assert cfg.model == "improved_cnn" and len(cfg.model_kw["widths"]) == trial.params["stages"]
+        assert cfg.model_kw["widths"][0] == trial.params["width"] and cfg.epochs in (10, 20)
+        assert 3e-4 <= cfg.lr <= 1e-2
+        study.tell(trial, 0.5)
+
+
+def test_points_map_onto_the_train_config_and_model_options():
+    space = SearchSpace({"width": [16], "stages": [3], "kernel": [5], "lr": (1e-3, 1e-2, "log"), "norm": "gn"}, BASE)
+    cfg = space.apply({"width": 16, "stages": 3, "kernel": 5, "lr": 0.002, "norm": "gn"})
+    assert cfg.model_kw == {"widths": (16, 32, 64), "kernel": 5, "norm": "gn"} and cfg.lr == 0.002
+    assert space.fixed() == {"norm": "gn"} and [d.name for d in space.searched] == ["width", "stages", "kernel", "lr"]
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"kernell": [3]}, "unknown search-space key 'kernell'"),
+    ({"seed": [1, 2]}, "unknown search-space key 'seed'"),
+    ({"lr": (0.1, 0.01)}, "space.lr"),
+    ({"lr": (0, 1, "log")}, "space.lr"),
+    ({"lr": (1, 2, "lin")}, "space.lr"),
+    ({"kernel": []}, "space.kernel"),
+    ({"kernel": [3, 4]}, "odd"),
+    ({"batch_size": [0, 64]}, "batch_size"),
+    ({"norm": ["bn", "weird"]}, "unknown norm"),
+])
+def test_a_bad_space_is_refused_with_the_key_named(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        SearchSpace(spec, BASE)
+
+
+def test_tune_spaces_for_random_and_grid_search():
+    space = SearchSpace({"kernel": [3, 5], "lr": (1e-3, 1e-2, "log"), "depth": (1, 3), "norm": "bn"}, BASE)
+    random_space = space.tune_space()
+    assert isinstance(random_space["lr"], tune.search.sample.Float) and random_space["norm"] == "bn"
+    assert isinstance(random_space["depth"], tune.search.sample.Integer)
+    with pytest.raises(ConfigError, match="grid search takes lists"):
+        space.tune_space(grid=True)
+    grid = SearchSpace({"kernel": [3, 5], "depth": [1, 2, 3]}, BASE)
+    assert grid.tune_space(grid=True)["kernel"] == {"grid_search": [3, 5]}
+    assert expected_trials(SweepOptions(search="grid", num_samples=2), grid) == 12
+    assert expected_trials(SweepOptions(num_samples=7), grid) == 7
+
+
+def test_optuna_distributions_match_the_space():
+    dists = optuna_distributions([dimension("a", [1, 2]), dimension("b", (1, 4)), dimension("c", (0.1, 1.0, "log")),
+                                  dimension("d", "fixed")])
+    assert set(dists) == {"a", "b", "c"} and dists["c"].log and isinstance(dists["b"], optuna.distributions.IntDistribution)
+
+
+def test_sweep_options_validation_and_storage(monkeypatch, tmp_path):
+    for bad in ({"num_samples": 0}, {"reduction_factor": 1}, {"gpus_per_trial": 1.5}, {"cpus_per_trial": 0}):
+        with pytest.raises(ConfigError):
+            SweepOptions(**bad)
+    monkeypatch.setenv("CV_STORAGE_PATH", str(tmp_path))
+    assert SweepOptions(name="x").experiment_path() == f"{tmp_path}/x"
+    assert SweepOptions(name="x", storage_path="s3://bucket/runs").experiment_path() == "s3://bucket/runs/x"
+
+
+def test_a_corrupted_checkpoint_is_reported_with_what_to_do(tmp_path):
+    (tmp_path / "train_state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="cannot be read.*Delete that checkpoint folder"):
+        _load_checkpoint(tune.Checkpoint.from_directory(str(tmp_path)))
+    torch.save({"epoch": 3}, tmp_path / "train_state.pt")
+    assert _load_checkpoint(tune.Checkpoint.from_directory(str(tmp_path))) == {"epoch": 3}
+
+
+def test_the_final_fit_trains_on_train_and_validation_together(cifar_root):
+    from library.data import load_cifar10
+
+    with pytest.warns(UserWarning):
+        data = load_cifar10(cifar_root, val_size=60)
+    merged = merge_train_val(data)
+    assert len(merged.train) == len(data.train) + len(data.val) and len(merged.val) == 0
+    assert merged.test is data.test and not math.isnan(len(merged.train))
