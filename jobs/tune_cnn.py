@@ -33,7 +33,7 @@ from library.models import create_model, first_conv  # noqa: E402
 from library.plots import filter_grid_figure, training_curves_figure  # noqa: E402
 from library.search_space import DEFAULT_SPACE, SearchSpace  # noqa: E402
 from library.training import TrainConfig  # noqa: E402
-from library.tuning import SweepOptions, final_fit, ray_init, run_sweep  # noqa: E402
+from library.tuning import SweepOptions, final_fit, ray_init, run_sweep, validate_sweep  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ def log_final(parent: str, best_cfg: TrainConfig, cfg: JobConfig) -> float:
 
 def main(cfg: JobConfig) -> dict:
     space = SearchSpace(cfg.space, project(cfg, TrainConfig))  # a bad space key or value stops here, before Ray
+    validate_sweep(project(cfg, SweepOptions), space)
     uri = tracking.connect()
     data = load_data(cfg)
     ray_init(cfg.ray_address)

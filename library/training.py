@@ -122,6 +122,17 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _adopt_hyperparameters(cfg: TrainConfig, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """After loading a checkpoint, use `cfg`'s lr and weight decay rather than the checkpoint's: a resumed run
+    may carry new ones (Population Based Training's explore step). The schedule's position is kept."""
+    decayed = optimizer.param_groups[0]
+    decayed["weight_decay"] = cfg.weight_decay
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.base_lrs = [cfg.lr] * len(scheduler.base_lrs)
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["lr"] = cfg.lr * factor(scheduler.last_epoch)
+
+
 def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -219,6 +230,7 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
     state = TrainState(project(cfg, TrainConfig), model, optimizer, scheduler, generator)
     if resume is not None:
         state.load_state_dict(resume)
+        _adopt_hyperparameters(cfg, optimizer, scheduler)
 
     while state.epoch < cfg.epochs:
         start = time.perf_counter()

@@ -44,20 +44,25 @@ class SweepOptions:
     num_samples: int = 24  # trials (for search=grid: repeats of the grid)
     max_concurrent: int = 4  # trials running at once (and Optuna's window of pending suggestions)
     search: Literal["optuna", "random", "grid"] = "optuna"
-    scheduler: Literal["asha", "fifo"] = "asha"  # asha stops weak trials early; fifo runs every trial out
+    scheduler: Literal["asha", "fifo", "pbt"] = "asha"  # asha stops weak trials early; fifo runs every trial
+    # out; pbt (with search=random or grid) copies good trials' checkpoints and perturbs their training
+    # hyper-parameters every grace_period epochs
     grace_period: int = 2  # epochs every trial gets before ASHA may stop it
     reduction_factor: int = 3  # ASHA keeps the top 1/reduction_factor at each rung
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.25  # only when the cluster has GPUs: 0.25 = four small trials share one GPU
     time_budget_s: float = 0.0  # stop the whole sweep after this many seconds, 0 = no limit
     resume: bool = True  # continue a sweep of the same name found in storage_path; false: refuse to touch it
-    ray_address: str = ""  # default: $RAY_ADDRESS (set by `ray job submit`), else a local Ray
+    ray_address: str = ""  # default: $RAY_ADDRESS (set by `ray job submit`), else a running `ray start` cluster
+    # on this machine, else a new local Ray; "local" always starts a new one
     search_seed: int = 0  # seeds Optuna's sampler
 
     def __post_init__(self):
         for key in ("num_samples", "max_concurrent", "grace_period"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
+        if self.scheduler == "pbt" and self.search == "optuna":
+            raise ConfigError("scheduler=pbt needs search=random or search=grid: PBT itself changes the configs")
         if self.reduction_factor < 2:
             raise ConfigError(f"reduction_factor={self.reduction_factor} must be at least 2")
         if self.cpus_per_trial <= 0:
@@ -114,14 +119,35 @@ def _searcher(opts: SweepOptions, space: SearchSpace):
     return ConcurrencyLimiter(optuna, max_concurrent=opts.max_concurrent)
 
 
+PBT_MUTABLE = ("lr", "weight_decay", "label_smoothing", "momentum", "cutout")  # safe to change mid-run
+
+
 def _scheduler(opts: SweepOptions, space: SearchSpace):
     if opts.scheduler == "fifo":
         return None
+    if opts.scheduler == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        tune_space = space.tune_space()
+        mutations = {d.name: tune_space[d.name] for d in space.searched if d.name in PBT_MUTABLE}
+        if not mutations:
+            raise ConfigError(f"scheduler=pbt needs at least one of {', '.join(PBT_MUTABLE)} searched in the space "
+                              "(the architecture cannot change under a copied checkpoint)")
+        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=opts.grace_period,
+                                       hyperparam_mutations=mutations)
     from ray.tune.schedulers import ASHAScheduler
 
     max_t = space.max_epochs()
     return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(opts.grace_period, max_t),
                          reduction_factor=opts.reduction_factor)
+
+
+def validate_sweep(opts: SweepOptions, space: SearchSpace) -> None:
+    """Build the searcher, scheduler and param space once, to fail on a bad combination before Ray starts."""
+    _searcher(opts, space)
+    _scheduler(opts, space)
+    if opts.search != "optuna":
+        space.tune_space(grid=opts.search == "grid")
 
 
 def _gpus_per_trial(opts: SweepOptions) -> float:

@@ -3,9 +3,11 @@
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,14 +30,18 @@ def free_port() -> int:
 @pytest.fixture
 def ray_head(tmp_path):
     """A head node in the foreground (`--block`), so stopping it stops only it: `ray stop` would also kill any
-    other Ray on the machine. Token auth is off, as befits a loopback-only test head."""
+    other Ray on the machine. Its own temp dir keeps it out of /tmp/ray/ray_current_cluster, which every later
+    `ray.init()` on the machine would otherwise try to join after the head is gone. Token auth is off, as befits a
+    loopback-only test head."""
     dashboard = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
          f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}", "--num-cpus=2",
+         f"--temp-dir={temp_dir}",
          "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     address = f"http://127.0.0.1:{dashboard}"
@@ -47,6 +53,7 @@ def ray_head(tmp_path):
     yield address, env
     head.terminate()
     head.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_the_smoke_sweep_runs_as_a_submitted_ray_job(ray_head, tmp_path, cifar_root, monkeypatch):

@@ -94,3 +94,13 @@ def test_the_final_fit_trains_on_train_and_validation_together(cifar_root):
     merged = merge_train_val(data)
     assert len(merged.train) == len(data.train) + len(data.val) and len(merged.val) == 0
     assert merged.test is data.test and not math.isnan(len(merged.train))
+
+
+def test_pbt_needs_random_or_grid_search_and_a_mutable_training_parameter():
+    from library.tuning import validate_sweep
+
+    with pytest.raises(ConfigError, match="pbt needs search=random"):
+        SweepOptions(scheduler="pbt")
+    with pytest.raises(ConfigError, match="at least one of lr"):
+        validate_sweep(SweepOptions(scheduler="pbt", search="random"), SearchSpace({"kernel": [3, 5]}, BASE))
+    validate_sweep(SweepOptions(scheduler="pbt", search="random"), SearchSpace({"lr": (1e-3, 1e-2, "log")}, BASE))

@@ -93,3 +93,12 @@ def test_all_augmentations_and_optimizers_train(tiny):
                 TrainConfig(epochs=1, optimizer="adam", schedule="onecycle", crop="none", flip=False,
                             label_smoothing=0.1, **FAST)):
         assert math.isfinite(train(cfg, tiny).history[0]["train_loss"])
+
+
+def test_a_resumed_run_adopts_new_learning_rate_and_weight_decay(tiny):
+    saved = {}
+    cfg = TrainConfig(epochs=3, lr=1e-3, **FAST)
+    straight = train(cfg, tiny, on_epoch=lambda m, s: saved.setdefault("e1", s.state_dict()) if s.epoch == 1 else None)
+    resumed = train(TrainConfig(epochs=3, lr=2e-3, weight_decay=0.2, **FAST), tiny, resume=saved["e1"])
+    # same place in the schedule, twice the base rate (what PBT's explore step asks for)
+    assert resumed.history[1]["lr"] == pytest.approx(2 * straight.history[1]["lr"])

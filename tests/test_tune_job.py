@@ -23,8 +23,9 @@ def tune_env(store: Path, data_root: Path) -> dict:
 
 
 def tune_cmd(store: Path, name: str, *args: str) -> list[str]:
+    # --ray_address=local: always a fresh local Ray, never a cluster `ray start` left on the machine
     return [sys.executable, str(REPO / "jobs" / "tune_cnn.py"), "--smoke-test", f"--name={name}",
-            f"--storage_path={store / 'ray'}", *args]
+            f"--storage_path={store / 'ray'}", "--ray_address=local", *args]
 
 
 def run_tune(store, data_root, name, *args, timeout=600):
@@ -110,8 +111,17 @@ def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root):
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")] == [1, 2, 3]
 
 
+def test_population_based_training_runs_with_random_search(tmp_path, cifar_root):
+    out = run_tune(tmp_path, cifar_root, "pbt", "--search=random", "--scheduler=pbt", "--num_samples=3",
+                   "--max_concurrent=2", "--space.epochs=[3]", "--grace_period=1", "--retrain=false")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    parents, children = runs_of(tmp_path, "pbt")
+    assert len(parents) == 1 and len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+
+
 @pytest.mark.parametrize("arg, key", [("--space.kernell=[3]", "kernell"), ("--num_sample=3", "num_sample"),
-                                      ("--space.lr=(0.1, 0.01)", "space.lr"), ("--space.norm=['xx']", "unknown norm")])
+                                      ("--space.lr=(0.1, 0.01)", "space.lr"), ("--space.norm=['xx']", "unknown norm"),
+                                      ("--scheduler=pbt", "pbt needs search=random")])
 def test_bad_keys_fail_before_ray_starts(tmp_path, cifar_root, arg, key):
     out = run_tune(tmp_path, cifar_root, "bad", arg, timeout=120)
     assert out.returncode == 2 and key in out.stderr, out.stderr[-2000:]
