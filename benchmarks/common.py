@@ -42,6 +42,11 @@ def interleave(contenders: dict[str, Callable[[], int]], device: torch.device, r
     for _ in range(rounds):
         for name, fn in contenders.items():
             samples[name].append(timed(fn, device))
+    return summarize(samples)
+
+
+def summarize(samples: dict[str, list[float]]) -> dict[str, dict]:
+    """Per contender: the median images/s and every sample."""
     return {name: {"images_per_s": statistics.median(s), "samples": [round(v, 1) for v in s]}
             for name, s in samples.items()}
 

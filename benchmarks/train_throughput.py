@@ -7,14 +7,13 @@ on-device augmentation; evaluation excluded); models are interleaved round by ro
 """
 from __future__ import annotations
 
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import device_name, save  # noqa: E402
+from benchmarks.common import device_name, save, summarize  # noqa: E402
 from library.config import from_cli  # noqa: E402
 from library.data import load_cifar10  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
@@ -41,7 +40,7 @@ def main(cfg: Config) -> dict:
             speed = train(run, data).history[0]["images_per_s"]
             if round_ > 0:  # round 0 warms up allocators and kernels
                 samples[model].append(speed)
-    results = {m: {"images_per_s": statistics.median(s), "samples": [round(v, 1) for v in s]} for m, s in samples.items()}
+    results = summarize(samples)
     result = {"benchmark": "train_throughput", "device": device_name(device), "config": vars(cfg), "results": results}
     for model, r in results.items():
         print(f"{model:<16} {r['images_per_s']:>8.0f} training images/s  (samples {r['samples']})")

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -39,7 +40,14 @@ class TrackingUnavailableError(RuntimeError):
 
 
 def tracking_uri() -> str:
-    return os.environ.get(TRACKING_ENV) or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if os.environ.get(TRACKING_ENV):
+        return os.environ[TRACKING_ENV]
+    cwd = Path.cwd().resolve()
+    if "runtime_resources" in cwd.parts:  # `ray job submit --working-dir`: a temporary copy Ray deletes
+        warnings.warn(f"{TRACKING_ENV} is not set, so runs go to a local store in {cwd}, Ray's temporary copy of "
+                      f"the working dir, which is deleted after the job. Set {TRACKING_ENV} (cluster.yaml does).",
+                      stacklevel=2)
+    return f"sqlite:///{cwd / 'mlflow.db'}"
 
 
 def _sqlite_path(uri: str) -> Path | None:

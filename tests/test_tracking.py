@@ -66,3 +66,12 @@ def test_an_unwritable_store_is_reported(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(tracking.TrackingUnavailableError, match="cannot create"):
         tracking.connect(f"sqlite:///{blocker / 'sub' / 'mlflow.db'}")
+
+
+def test_a_default_store_inside_rays_temporary_working_dir_is_warned_about(monkeypatch, tmp_path):
+    job_dir = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"
+    job_dir.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(job_dir)
+    with pytest.warns(UserWarning, match="deleted after the job"):
+        tracking.tracking_uri()
