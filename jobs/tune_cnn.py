@@ -83,15 +83,12 @@ def log_final(parent: str, best_cfg: TrainConfig, cfg: JobConfig) -> float:
     """Retrain the best configuration on the whole training set (train+val, uncapped), test it once; log the
     result into the parent run."""
     client = mlflow.MlflowClient()
-    done = client.get_run(parent).data.metrics
-    if "test_acc" in done:  # a resumed, finished sweep: the test set has been used already
-        print(f"the best configuration was already tested: test accuracy {done['test_acc']:.4f}")
-        return done["test_acc"]
     # trials may tune on a capped subset (train_size); the final fit uses the whole training set
     full = load_data(dataclasses.replace(cfg, train_size=cfg.final_train_size))
     final = final_fit(best_cfg, full, cfg)
+    now = int(time.time() * 1000)
     for epoch in final["history"]:
-        client.log_batch(parent, metrics=[mlflow.entities.Metric(f"final.{k}", float(v), 0, int(epoch["epoch"]))
+        client.log_batch(parent, metrics=[mlflow.entities.Metric(f"final.{k}", float(v), now, int(epoch["epoch"]))
                                           for k, v in epoch.items() if k in ("train_loss", "train_acc")])
     client.log_metric(parent, "test_acc", final["test"]["acc"])
     client.log_metric(parent, "test_loss", final["test"]["loss"])
@@ -103,6 +100,33 @@ def log_final(parent: str, best_cfg: TrainConfig, cfg: JobConfig) -> float:
                       "final_fit_curves.png")
     client.log_figure(parent, filter_grid_figure(first_conv(model).weight), "final_first_layer_filters.png")
     return final["test"]["acc"]
+
+
+def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> dict:
+    """Everything after the trials, once: the report, the best configuration, its final fit and test."""
+    client = mlflow.MlflowClient()
+    table = log_report(parent, space)
+    if table.empty:
+        raise RuntimeError(f"no trial reported a result ({errors} errored); see the Tune log in {cfg.experiment_path()}")
+    best = table.iloc[0]
+    best_point = space.fixed() | {d.name: best[d.name] for d in space.searched}
+    best_cfg = space.apply(best_point)
+    if cfg.final_epochs:
+        best_cfg = dataclasses.replace(best_cfg, epochs=cfg.final_epochs)
+    logged = client.get_run(parent).data.metrics  # non-empty if an earlier run died part-way through this
+    client.set_tag(parent, "best_trial", best["trial"])
+    tracking.log_config(best_point, run_id=parent, prefix="best.")
+    if "best_val_acc" not in logged:
+        client.log_metric(parent, "best_val_acc", float(best["val_acc"]))
+    client.log_text(parent, f"{best_cfg.model}: {best_cfg.model_kw}\n{best_cfg}\n", "best_config.txt")
+    print(f"\n{len(table)} trials ({errors} errored); best {best['trial']}: val acc {best['val_acc']:.4f} with "
+          f"{sweep_report.describe_best(best, [d.name for d in space.searched])}")
+    if cfg.retrain and "test_acc" not in logged:  # the test set is evaluated once, ever
+        test_acc = log_final(parent, best_cfg, cfg)
+        print(f"best configuration retrained on the whole training set: test accuracy {test_acc:.4f}")
+    client.set_tag(parent, "sweep_complete", "true")
+    return {"trials": len(table), "best_trial": best["trial"], "best_val_acc": float(best["val_acc"]),
+            "best_config": best_point}
 
 
 def main(cfg: JobConfig) -> dict:
@@ -119,28 +143,17 @@ def main(cfg: JobConfig) -> dict:
         print(f"\nthe sweep was interrupted with trials unfinished; its state is saved in {cfg.experiment_path()}."
               "\nRun the same command again to resume it (same MLflow runs, no duplicates).")
         raise SystemExit(130)
-    errors = outcome.results.num_errors
-    table = log_report(parent, space)
-    if table.empty:
-        raise RuntimeError(f"no trial reported a result ({errors} errored); see the Tune log in {cfg.experiment_path()}")
-    best_row = table.iloc[0]
-    best_point = space.fixed() | {d.name: best_row[d.name] for d in space.searched}
-    best_cfg = space.apply(best_point)
-    if cfg.final_epochs:
-        best_cfg = dataclasses.replace(best_cfg, epochs=cfg.final_epochs)
     client = mlflow.MlflowClient()
-    client.set_tag(parent, "best_trial", best_row["trial"])
-    tracking.log_config(best_point, run_id=parent, prefix="best.")
-    client.log_metric(parent, "best_val_acc", float(best_row["val_acc"]))
-    client.log_text(parent, f"{best_cfg.model}: {best_cfg.model_kw}\n{best_cfg}\n", "best_config.txt")
-    test_acc = log_final(parent, best_cfg, cfg) if cfg.retrain else float("nan")
+    run = client.get_run(parent)
+    if run.data.tags.get("sweep_complete") == "true":  # concluded by an earlier run of this command
+        print(f"\nthis sweep is complete already: best {run.data.tags.get('best_trial')}, val acc "
+              f"{run.data.metrics.get('best_val_acc', float('nan')):.4f}, test accuracy "
+              f"{run.data.metrics.get('test_acc', float('nan')):.4f} (the test set is used once)")
+        summary = {"best_trial": run.data.tags.get("best_trial"), "best_val_acc": run.data.metrics.get("best_val_acc")}
+    else:
+        summary = conclude(parent, space, cfg, outcome.results.num_errors)
     client.set_terminated(parent, "FINISHED")
-
-    summary = {"parent_run_id": parent, "trials": len(table), "errored": errors, "best_trial": best_row["trial"],
-               "best_val_acc": float(best_row["val_acc"]), "test_acc": test_acc, "best_config": best_point}
-    print(f"\n{len(table)} trials ({errors} errored); best {best_row['trial']}: val acc {best_row['val_acc']:.4f}"
-          f" with {sweep_report.describe_best(best_row, [d.name for d in space.searched])}")
-    print(f"best configuration retrained on the whole training set: test accuracy {test_acc:.4f}")
+    summary |= {"parent_run_id": parent, "test_acc": client.get_run(parent).data.metrics.get("test_acc")}
     print(f"MLflow parent run {parent} in experiment '{cfg.name}' at {uri}; Tune state in {cfg.experiment_path()}")
     return summary
 
