@@ -15,6 +15,7 @@ its storage path and keeps logging into the same runs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,8 +70,8 @@ def log_report(parent: str, space: SearchSpace) -> Any:
     client = mlflow.MlflowClient()
     table = sweep_report.leaderboard(parent)
     names = [d.name for d in space.searched]
-    client.log_table(parent, table.astype({c: str for c in table.columns if table[c].dtype == object}),
-                     "leaderboard.json")
+    # log_dict/log_text overwrite; log_table would append rows to a leaderboard an interrupted run logged before
+    client.log_dict(parent, json.loads(table.to_json(orient="records")), "leaderboard.json")
     client.log_text(parent, table.to_csv(index=False), "leaderboard.csv")
     client.log_figure(parent, sweep_report.importance_figure(sweep_report.importances(table, space.spec)),
                       "parameter_importance.png")
