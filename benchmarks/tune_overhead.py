@@ -48,7 +48,8 @@ def plain(space: SearchSpace, data) -> float:
     return time.perf_counter() - start
 
 
-def with_tune(space: SearchSpace, data, round_: int) -> float:
+def with_tune(space: SearchSpace, data, round_: int) -> dict[str, float]:
+    """Total wall time, and where it went: Ray's start, the sweep, and the time spent inside the trials."""
     import ray
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,11 +59,13 @@ def with_tune(space: SearchSpace, data, round_: int) -> float:
         start = time.perf_counter()
         tracking.connect()
         ray.init(num_cpus=2, include_dashboard=False)
+        ray_started = time.perf_counter()
         outcome = run_sweep(opts, space, data, experiment="overhead")
-        elapsed = time.perf_counter() - start
+        end = time.perf_counter()
         ray.shutdown()
     assert outcome.finished and outcome.results.num_errors == 0
-    return elapsed
+    in_trials = sum(r.metrics["time_total_s"] for r in outcome.results)
+    return {"total": end - start, "ray_init": ray_started - start, "sweep": end - ray_started, "in_trials": in_trials}
 
 
 def main(cfg: Config) -> dict:
@@ -70,15 +73,21 @@ def main(cfg: Config) -> dict:
     data = load_cifar10(cfg.data_root or None, val_size=2000).limit(train=cfg.images)
     base = TrainConfig(model="improved_cnn", model_kw={"widths": (32, 64), "depth": 1}, epochs=cfg.epochs)
     space = SearchSpace({"lr": LRS}, base)
-    times: dict[str, list[float]] = {"plain": [], "tune": []}
+    times: dict[str, list] = {"plain": [], "tune": []}
     for r in range(cfg.rounds):
         times["plain"].append(plain(space, data))
         times["tune"].append(with_tune(space, data, r))
-        print(f"round {r}: plain {times['plain'][-1]:.1f} s, tune {times['tune'][-1]:.1f} s", flush=True)
-    ratio = statistics.median(times["tune"]) / statistics.median(times["plain"])
+        t = times["tune"][-1]
+        print(f"round {r}: plain {times['plain'][-1]:.1f} s; tune {t['total']:.1f} s = ray.init {t['ray_init']:.1f}"
+              f" + sweep {t['sweep']:.1f} (of which inside trials {t['in_trials']:.1f})", flush=True)
+    plain_s = statistics.median(times["plain"])
+    ratio = statistics.median(t["total"] for t in times["tune"]) / plain_s
+    in_trials_ratio = statistics.median(t["in_trials"] for t in times["tune"]) / plain_s
     result = {"benchmark": "tune_overhead", "device": device_name(pick_device()), "config": vars(cfg),
-              "seconds": times, "overhead_ratio": round(ratio, 3), "goal": "<= 1.05"}
-    print(f"Tune / plain = {ratio:.3f} (goal <= 1.05) on {result['device']}; saved {save('tune_overhead', result)}")
+              "seconds": times, "overhead_ratio": round(ratio, 3), "inside_trials_ratio": round(in_trials_ratio, 3),
+              "goal": "<= 1.05"}
+    print(f"Tune / plain = {ratio:.3f} (goal <= 1.05); time inside the trials / plain = {in_trials_ratio:.3f};"
+          f" on {result['device']}; saved {save('tune_overhead', result)}")
     return result
 
 

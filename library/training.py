@@ -20,7 +20,7 @@ from torch import nn
 from .config import ConfigError, project
 from .data import Augment, DeviceLoader, ImageData, ImageSet
 from .models import create_model, model_kwargs
-from .runtime import pick_device, seed_everything
+from .runtime import keep_freed_memory, pick_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,7 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
     end), images_per_s (training steps only), epoch_s (wall time including evaluation).
     """
     device = pick_device(cfg.device)
+    keep_freed_memory()
     seed_everything(cfg.seed)
     model = build_model(cfg, data).to(device)
     fast_path = device.type == "cuda"
