@@ -19,14 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
 
 import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.models import create_model, first_conv  # noqa: E402
-from library.plots import filter_grid_figure, training_curves_figure  # noqa: E402
-from library.training import TrainConfig, evaluate, model_options, train  # noqa: E402
+from library.fitting import fit_and_test, log_fit  # noqa: E402
+from library.models import create_model  # noqa: E402
+from library.training import TrainConfig  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -61,23 +60,14 @@ def main(cfg: JobConfig) -> dict:
             tracking.log_epoch(metrics)
             _print_epoch(metrics, cfg.epochs)
 
-        result = train(cfg, data, on_epoch=on_epoch)
-        model = result.model
-        mlflow.log_params({"model.init": model.init_scheme,
-                           "model.parameters": sum(p.numel() for p in model.parameters())})
-        test = evaluate(model, data.test, cfg.eval_batch_size, cfg.amp)
-        mlflow.log_metrics({"test_loss": test["loss"], "test_acc": test["acc"]})
-
-        tracking.log_figure(training_curves_figure(result.history, f"{cfg.model} on {data.name}"), "training_curves.png")
-        tracking.log_figure(filter_grid_figure(first_conv(model).weight), "first_layer_filters.png")
-        mlflow.log_table(pd.DataFrame(result.history), "history.json")
+        fit = fit_and_test(cfg, data, on_epoch=on_epoch)
         local = Path(cfg.output_dir).resolve() / run.info.run_id
-        tracking.log_model(model, cfg.model, model_options(cfg, data), local_dir=local)
+        log_fit(fit, run.info.run_id, f"{cfg.model} on {data.name}", epochs=False, local_dir=local)
 
     summary = {"run_id": run.info.run_id, "model": cfg.model, "epochs": cfg.epochs,
-               "val_acc": result.history[-1]["val_acc"], "test_acc": test["acc"],
-               "images_per_s": sum(h["images_per_s"] for h in result.history) / len(result.history)}
-    print(f"\n{cfg.model}: test accuracy {test['acc']:.4f} after {cfg.epochs} epochs "
+               "val_acc": fit.history[-1]["val_acc"], "test_acc": fit.test["acc"],
+               "images_per_s": sum(h["images_per_s"] for h in fit.history) / len(fit.history)}
+    print(f"\n{cfg.model}: test accuracy {fit.test['acc']:.4f} after {cfg.epochs} epochs "
           f"(val {summary['val_acc']:.4f}, {summary['images_per_s']:.0f} img/s)")
     print(f"MLflow run {run.info.run_id} in experiment '{cfg.experiment}' at {uri}")
     print(f"model weights also in {local}")

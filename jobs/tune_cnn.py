@@ -30,8 +30,7 @@ from library import sweep_report, tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError, project  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.models import create_model, first_conv  # noqa: E402
-from library.plots import filter_grid_figure, training_curves_figure  # noqa: E402
+from library.fitting import log_fit  # noqa: E402
 from library.search_space import DEFAULT_SPACE, SearchSpace  # noqa: E402
 from library.training import TrainConfig  # noqa: E402
 from library.tuning import SweepOptions, final_fit, ray_init, run_sweep, validate_sweep  # noqa: E402
@@ -83,24 +82,11 @@ def log_report(parent: str, space: SearchSpace) -> Any:
 def log_final(parent: str, best_cfg: TrainConfig, cfg: JobConfig) -> float:
     """Retrain the best configuration on the whole training set (train+val, uncapped), test it once; log the
     result into the parent run."""
-    client = mlflow.MlflowClient()
     # trials may tune on a capped subset (train_size); the final fit uses the whole training set
     full = load_data(dataclasses.replace(cfg, train_size=cfg.final_train_size))
-    final = final_fit(best_cfg, full, cfg)
-    now = int(time.time() * 1000)
-    for epoch in final["history"]:
-        client.log_batch(parent, metrics=[mlflow.entities.Metric(f"final.{k}", float(v), now, int(epoch["epoch"]))
-                                          for k, v in epoch.items() if k in ("train_loss", "train_acc")])
-    client.log_metric(parent, "test_acc", final["test"]["acc"])
-    client.log_metric(parent, "test_loss", final["test"]["loss"])
-    options = {"num_classes": full.num_classes, "in_chans": full.image_shape[0], **best_cfg.model_kw}
-    model = create_model(best_cfg.model, **options)
-    model.load_state_dict(final["state_dict"])
-    tracking.log_model(model, best_cfg.model, options, run_id=parent)
-    client.log_figure(parent, training_curves_figure(final["history"], "best configuration, final fit on train+val"),
-                      "final_fit_curves.png")
-    client.log_figure(parent, filter_grid_figure(first_conv(model).weight), "final_first_layer_filters.png")
-    return final["test"]["acc"]
+    fit = final_fit(best_cfg, full, cfg)
+    log_fit(fit, parent, "best configuration, final fit on train+val", prefix="final")
+    return fit.test["acc"]
 
 
 def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> dict:

@@ -10,10 +10,10 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .config import ConfigError, describe, override, parse_argv
 from .data import DatasetNotFoundError
-from .tracking import TrackingUnavailableError, git_sha
+from .tracking import ModelNotRegisteredError, TrackingUnavailableError, git_sha
 
 C = TypeVar("C")
-EXPECTED_ERRORS = (ConfigError, DatasetNotFoundError, TrackingUnavailableError)
+EXPECTED_ERRORS = (ConfigError, DatasetNotFoundError, ModelNotRegisteredError, TrackingUnavailableError)
 
 
 def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any] | None = None) -> C:

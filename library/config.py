@@ -39,6 +39,14 @@ def _literal(text: str) -> Any:
         return text
 
 
+def _sequence(text: str) -> Any:
+    """A command-line sequence: a Python literal, or bare words as the shell leaves them, `[a,b]` or `a,b`."""
+    parsed = _literal(text)
+    if isinstance(parsed, str) and ("," in parsed or parsed.startswith("[")):
+        return [_literal(part.strip()) for part in parsed.strip("[]()").split(",") if part.strip()]
+    return parsed
+
+
 def coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert `value` (often a command-line string) to the annotated type `tp`, or raise ConfigError."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -77,7 +85,7 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}={value!r} is not a string")
         return value
     if origin in (tuple, list):
-        items = _literal(value) if isinstance(value, str) else value
+        items = _sequence(value) if isinstance(value, str) else value
         if isinstance(items, (int, float, str)):
             items = (items,)
         if not isinstance(items, (tuple, list)):

@@ -226,3 +226,36 @@ def load_model(run_id: str, map_location: str | torch.device = "cpu") -> nn.Modu
     model = create_model(spec["model"], **spec["model_kw"])
     model.load_state_dict(state)
     return model
+
+
+class ModelNotRegisteredError(LookupError):
+    """No model is registered under the asked name in this tracking store."""
+
+
+def register_model(run_id: str, name: str) -> int:
+    """A new version of the registered model `name` pointing at the weights `log_model` put in run `run_id`;
+    returns the version number. Other jobs then load it by name (`load_registered_model`)."""
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(MlflowException):  # RESOURCE_ALREADY_EXISTS: a later version of a known name
+        client.create_registered_model(name)
+    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_DIR}"
+    return int(client.create_model_version(name, source, run_id=run_id).version)
+
+
+def registered_run(name: str, version: int | None = None) -> str:
+    """The run id behind version `version` (default: the newest) of the registered model `name`."""
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+    if version is not None:
+        versions = [v for v in versions if int(v.version) == version]
+    if not versions:
+        which = f"version {version} of " if version is not None else ""
+        raise ModelNotRegisteredError(f"no {which}model registered as {name!r} in {mlflow.get_tracking_uri()}; "
+                                      f"train and register it first (python jobs/train_mnist_models.py trains "
+                                      f"mnist_a and mnist_b)")
+    return max(versions, key=lambda v: int(v.version)).run_id
+
+
+def load_registered_model(name: str, version: int | None = None,
+                          map_location: str | torch.device = "cpu") -> nn.Module:
+    """The registered model `name` (newest version unless told), rebuilt by `load_model`, in eval mode."""
+    return load_model(registered_run(name, version), map_location).eval()

@@ -22,8 +22,9 @@ import torch
 from . import tracking
 from .config import ConfigError
 from .data import ImageData, ImageSet
+from .fitting import Fit, fit_remote
 from .search_space import SearchSpace
-from .training import TrainConfig, evaluate, train
+from .training import TrainConfig, train
 
 CHECKPOINT_FILE = "train_state.pt"
 STORAGE_ENV = "CV_STORAGE_PATH"
@@ -263,30 +264,14 @@ def merge_train_val(data: ImageData) -> ImageData:
     return dataclasses.replace(data, train=train_set, val=empty)
 
 
-def _final_fit_task(cfg: TrainConfig, data: ImageData) -> dict[str, Any]:
-    import ray
-
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-    def progress(metrics: dict, state) -> None:  # Ray forwards a task's stdout to the driver's console
-        print(f"final fit: epoch {metrics['epoch']}/{cfg.epochs}  train loss {metrics['train_loss']:.4f}"
-              f"  acc {metrics['train_acc']:.4f}  {metrics['images_per_s']:.0f} img/s", flush=True)
-
-    result = train(cfg, data, on_epoch=progress)
-    test = evaluate(result.model, data.test, cfg.eval_batch_size, cfg.amp)
-    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
-    return {"history": result.history, "test": test, "state_dict": state, "init": result.model.init_scheme}
-
-
-def final_fit(cfg: TrainConfig, data: ImageData, opts: SweepOptions) -> dict[str, Any]:
+def final_fit(cfg: TrainConfig, data: ImageData, opts: SweepOptions) -> Fit:
     """Retrain `cfg` on train+validation and evaluate it once on the test set, as one Ray task: a whole GPU
-    when the cluster has one, else all the CPUs of the largest node (one run, nothing else to share them with).
-    Returns the per-epoch history, the test metrics and the weights (on the CPU)."""
+    when the cluster has one, else all the CPUs of the largest node (one run, nothing else to share them with)."""
     import ray
 
     if ray.cluster_resources().get("GPU", 0) > 0:
-        resources = {"num_gpus": 1.0, "num_cpus": opts.cpus_per_trial}
+        gpus, cpus = 1.0, opts.cpus_per_trial
     else:
         node_cpus = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
-        resources = {"num_gpus": 0.0, "num_cpus": max(opts.cpus_per_trial, node_cpus)}
-    task = ray.remote(_final_fit_task).options(**resources)
-    return ray.get(task.remote(cfg, merge_train_val(data)))
+        gpus, cpus = 0.0, max(opts.cpus_per_trial, node_cpus)
+    return ray.get(fit_remote(cfg, merge_train_val(data), "final fit", num_cpus=cpus, num_gpus=gpus))

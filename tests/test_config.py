@@ -4,7 +4,7 @@ from typing import Literal, Optional
 import pytest
 
 from library.cli import parse_job_config
-from library.config import ConfigError, flatten, override, parse_argv
+from library.config import ConfigError, coerce, flatten, override, parse_argv
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,8 @@ def test_smoke_settings_apply_first_and_user_overrides_win():
     assert parse_job_config(Job, ["--smoke-test"], smoke) == Job(1, 5, True)
     assert parse_job_config(Job, ["--smoke-test", "--epochs=3"], smoke) == Job(3, 5, True)
     assert parse_job_config(Job, ["--epochs=3"], smoke) == Job(3, 0, False)
+
+
+@pytest.mark.parametrize("text", ["[mnist_a,mnist_b]", "mnist_a,mnist_b", "['mnist_a', 'mnist_b']", "(mnist_a, mnist_b)"])
+def test_sequences_of_bare_words_parse_as_the_shell_leaves_them(text):
+    assert coerce("models", text, tuple[str, ...]) == ("mnist_a", "mnist_b")

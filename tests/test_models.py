@@ -6,16 +6,25 @@ from library.config import ConfigError
 from library.models import Classifier, create_model, first_conv, list_models, model_kwargs
 
 
+def _images_for(name: str, n: int = 3) -> torch.Tensor:
+    """A batch in the shape the model is built for by default: CIFAR's 3×32×32, or MNIST's 1×28×28."""
+    kw = model_kwargs(name)
+    chans = kw.get("in_chans", 3)
+    side = kw.get("image_size", 32 if chans == 3 else 28)
+    return torch.rand(n, chans, side, side)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_maps_unit_range_images_to_finite_logits(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7)
-    x = torch.rand(3, 3, 32, 32)
+    x = _images_for(name)
     logits = model(x)
     assert logits.shape == (3, 7) and torch.isfinite(logits).all()
-    features = model.forward_features(x)
-    assert features.ndim == 4
-    assert model.forward_head(features, pre_logits=True).shape == (3, model.num_features)
+    if isinstance(model, Classifier):  # the global-pool models: a feature map and pooled features
+        features = model.forward_features(x)
+        assert features.ndim == 4
+        assert model.forward_head(features, pre_logits=True).shape == (3, model.num_features)
     logits.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.init_scheme  # every model says how it was initialised

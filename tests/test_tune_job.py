@@ -70,7 +70,7 @@ def test_smoke_sweep_logs_a_parent_and_one_child_per_trial(smoke):
     assert parent.data.params["space.kernel"] == "[3, 5]" and "best.lr" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.json", "leaderboard.csv", "learning_curves.png", "parameter_importance.png",
-            "accuracy_vs_parameters.png", "final_fit_curves.png", "best_config.txt", "model"} <= artifacts
+            "accuracy_vs_parameters.png", "final_training_curves.png", "best_config.txt", "model"} <= artifacts
     assert "test accuracy" in out.stdout
 
 

@@ -8,6 +8,8 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
+from .scratch import Conv2d as ScratchConv2d
+
 Norm = Literal["bn", "gn", "ln", "none"]
 Act = Literal["relu", "mish", "gelu", "silu"]
 Init = Literal["kaiming", "torch"]
@@ -80,7 +82,7 @@ def init_weights(model: nn.Module, scheme: Init, nonlinearity: str = "relu") -> 
     if scheme != "kaiming":
         raise ValueError(f"unknown init {scheme!r}; choose from kaiming, torch")
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, ScratchConv2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=nonlinearity)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -1,0 +1,100 @@
+"""One training run as a unit of work: fit, test once, hand back the weights, in this process or as a Ray
+task; and the record of a finished fit in an MLflow run.
+
+Ray tasks never talk to MLflow: they return a `Fit` (history, test metrics, CPU weights) and the driver
+logs it. One writer per store keeps a SQLite store safe and a remote server's load on one client.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from torch import nn
+
+from . import tracking
+from .data import ImageData
+from .models import create_model, first_conv
+from .plots import filter_grid_figure, training_curves_figure
+from .training import EpochCallback, TrainConfig, evaluate, model_options, train
+
+
+@dataclass
+class Fit:
+    """A trained model's record: what was built (registry name + options), how training went, its test score."""
+
+    model: str
+    model_kw: dict[str, Any]
+    history: list[dict[str, float]]
+    test: dict[str, float]  # loss, acc: the one evaluation on the test set
+    state_dict: dict[str, torch.Tensor]  # on the CPU
+    init: str = ""
+
+    def build(self) -> nn.Module:
+        model = create_model(self.model, **self.model_kw)
+        model.load_state_dict(self.state_dict)
+        return model
+
+
+def fit_and_test(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = None) -> Fit:
+    result = train(cfg, data, on_epoch=on_epoch)
+    test = evaluate(result.model, data.test, cfg.eval_batch_size, cfg.amp)
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    return Fit(cfg.model, model_options(cfg, data), result.history, test, state,
+               getattr(result.model, "init_scheme", ""))
+
+
+def _fit_task(cfg: TrainConfig, data: ImageData, label: str) -> Fit:
+    import ray
+
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+
+    def progress(metrics: dict, state) -> None:  # Ray forwards a task's stdout to the driver's console
+        val = "" if math.isnan(metrics["val_acc"]) else f"  val acc {metrics['val_acc']:.4f}"
+        print(f"{label}: epoch {metrics['epoch']}/{cfg.epochs}  train loss {metrics['train_loss']:.4f}"
+              f"  acc {metrics['train_acc']:.4f}{val}  {metrics['images_per_s']:.0f} img/s", flush=True)
+
+    return fit_and_test(cfg, data, on_epoch=progress)
+
+
+def fit_remote(cfg: TrainConfig, data: ImageData, label: str, num_cpus: float, num_gpus: float):
+    """`fit_and_test` as a Ray task with these resources; returns its ObjectRef (a `Fit` once done)."""
+    import ray
+
+    return ray.remote(_fit_task).options(num_cpus=num_cpus, num_gpus=num_gpus).remote(cfg, data, label)
+
+
+def log_fit(fit: Fit, run_id: str, title: str, prefix: str = "", epochs: bool = True,
+            local_dir: Path | None = None) -> nn.Module:
+    """Into run `run_id`: the test metrics, the per-epoch metrics (unless the run logged them live), the
+    training curves, the first-layer filters (models with a conv), the history table and the weights.
+    With `prefix` ("final"), per-epoch metrics are `final.<name>` and artifacts `final_<name>`, so a sweep's
+    parent run holds its final fit beside its own records; `test_acc`/`test_loss` keep their names (a run has
+    one test result). Returns the rebuilt model."""
+    client = mlflow.MlflowClient()
+    metric = f"{prefix}.{{}}" if prefix else "{}"
+    artifact = f"{prefix}_{{}}" if prefix else "{}"
+    if epochs:
+        now = int(time.time() * 1000)
+        for row in fit.history:
+            client.log_batch(run_id, metrics=[mlflow.entities.Metric(metric.format(k), float(v), now, int(row["epoch"]))
+                                              for k, v in row.items() if k != "epoch" and math.isfinite(v)])
+    client.log_metric(run_id, "test_acc", fit.test["acc"])
+    client.log_metric(run_id, "test_loss", fit.test["loss"])
+    model = fit.build()
+    client.log_param(run_id, metric.format("model.parameters"), sum(p.numel() for p in model.parameters()))
+    if fit.init:
+        client.log_param(run_id, metric.format("model.init"), fit.init)
+    client.log_figure(run_id, training_curves_figure(fit.history, title), artifact.format("training_curves.png"))
+    try:
+        client.log_figure(run_id, filter_grid_figure(first_conv(model).weight), artifact.format("first_layer_filters.png"))
+    except ValueError:
+        pass  # a fully connected model has no filters to show
+    # log_dict overwrites where log_table would append rows to a table that a retried conclusion logged before
+    client.log_dict(run_id, fit.history, artifact.format("history.json"))
+    tracking.log_model(model, fit.model, fit.model_kw, local_dir=local_dir, run_id=run_id)
+    return model

@@ -1,0 +1,145 @@
+"""Convolution and max-pooling written from scratch (experiment B1): no `nn.Conv2d`, `F.conv2d`, `nn.MaxPool2d`
+or `F.max_pool2d` anywhere below, only `unfold`/`fold` and matrix products.
+
+A convolution is a matrix product once the input is unrolled into patches ("im2col"): `F.unfold` turns an
+(N, C, H, W) image into (N, C·kh·kw, L) columns, one per output position, and the weight (O, C, kh, kw) becomes
+an (O, C·kh·kw) matrix, so  y = W · cols  (+ bias).  The backward pass is two more matrix products:
+
+    ∂L/∂W    = Σₙ ∂L/∂yₙ · colsₙᵀ                  (O × C·kh·kw)
+    ∂L/∂cols = Wᵀ · ∂L/∂y, then `F.fold` sums the overlapping patches back into ∂L/∂x
+
+The input, not its columns, is saved for backward and the columns are rebuilt there: the columns are kh·kw
+times the input's size, so keeping them would multiply the memory a conv holds between forward and backward
+by 9 for a 3×3 kernel, 25 for a 5×5 one; re-running `unfold` costs one memory-bound pass (see
+benchmarks/scratch_conv.py for the measured price of both).
+
+`Conv2d` and `MaxPool2d` are drop-in replacements for the built-ins: same constructor arguments, same
+parameter names, shapes and initialisation, so state dicts move between them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn.modules.utils import _pair
+
+IntOrPair = int | tuple[int, int]
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """conv2d as unfold + matmul, with a hand-written backward (fold + matmuls)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, weight, bias, stride: tuple[int, int], padding: tuple[int, int]):
+        n, _, h, w = x.shape
+        out_chans, _, kh, kw = weight.shape
+        cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # (N, C·kh·kw, L)
+        # (O, C·kh·kw) @ (N, C·kh·kw, L) -> (N, O, L), as an explicit batched product: `matmul` would fold the
+        # batch into one big product by first copying the (large) columns into another layout
+        out = torch.bmm(weight.reshape(out_chans, -1).expand(n, -1, -1), cols)
+        if bias is not None:
+            out = out + bias.view(1, -1, 1)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias, ctx.stride, ctx.padding = bias is not None, stride, padding
+        h_out = _out_size(h, kh, stride[0], padding[0])
+        w_out = _out_size(w, kw, stride[1], padding[1])
+        return out.view(n, out_chans, h_out, w_out)
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        n, _, h, w = x.shape
+        out_chans, _, kh, kw = weight.shape
+        grad = grad_out.reshape(n, out_chans, -1)  # (N, O, L)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_cols = torch.bmm(weight.reshape(out_chans, -1).t().expand(n, -1, -1), grad)  # (N, C·kh·kw, L)
+            grad_x = F.fold(grad_cols, (h, w), (kh, kw), padding=ctx.padding, stride=ctx.stride)
+        if ctx.needs_input_grad[1]:
+            cols = F.unfold(x, (kh, kw), padding=ctx.padding, stride=ctx.stride)
+            # per image (O × L) @ (L × C·kh·kw), batched, then summed over images: ~15× faster on the CPU than
+            # the same contraction as one einsum, which reorders `cols` in memory first
+            grad_w = torch.bmm(grad, cols.transpose(1, 2)).sum(0).view_as(weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: IntOrPair = 1,
+           padding: IntOrPair = 0) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias, stride, padding)` (no dilation or groups), computed from scratch."""
+    if x.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f"conv2d takes (N, C, H, W) input and (O, C, kh, kw) weight, got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"input has {x.shape[1]} channels, weight expects {weight.shape[1]}")
+    return _Conv2dFunction.apply(x, weight, bias, _pair(stride), _pair(padding))
+
+
+def max_pool2d(x: torch.Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None,
+               padding: IntOrPair = 0) -> torch.Tensor:
+    """`F.max_pool2d` from scratch: each channel's windows unrolled by `unfold`, the max over each window.
+    Padding is -inf, so it never wins. Autograd routes the gradient to each window's arg-max through `max`
+    and `unfold`'s own backward (a fold), as the built-in does."""
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride if stride is not None else kernel_size)
+    ph, pw = _pair(padding)
+    n, c, h, w = x.shape
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph), value=float("-inf"))
+    # Channels become batch entries, so each window holds one channel's kh·kw values.
+    windows = F.unfold(x.reshape(n * c, 1, h + 2 * ph, w + 2 * pw), (kh, kw), stride=(sh, sw))
+    out = windows.max(dim=1).values  # (N·C, L)
+    return out.view(n, c, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
+
+
+class Conv2d(nn.Module):
+    """Drop-in for `nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias)`: the same
+    `weight` (O, C, kh, kw) and `bias` (O,) parameters with the same default initialisation."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
+                 padding: IntOrPair = 0, bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's defaults: Kaiming-uniform with a=√5, i.e. U(±1/√fan_in), for the weight and the bias.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.weight[0].numel())
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}")
+
+
+class MaxPool2d(nn.Module):
+    """Drop-in for `nn.MaxPool2d(kernel_size, stride=None, padding=0)`."""
+
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride if stride is not None else kernel_size, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
