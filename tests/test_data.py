@@ -100,3 +100,12 @@ def test_mnist_is_read_from_the_real_idx_layout(mnist_root):
         data = load_mnist(mnist_root, val_size=20)
     assert data.train.images.shape[1:] == (1, 28, 28) and len(data.train) == 180 and len(data.test) == 50
     assert data.train.images.dtype == torch.uint8 and set(data.test.labels.tolist()) <= set(range(10))
+
+
+def test_missing_mnist_says_which_files_to_put_where(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_mnist(tmp_path, download=False)
+    message = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", DATA_ROOT_ENV):
+        assert name in message
