@@ -33,7 +33,8 @@ from library.data.options import DataOptions, load_data  # noqa: E402
 from library.fitting import log_fit  # noqa: E402
 from library.search_space import DEFAULT_SPACE, SearchSpace  # noqa: E402
 from library.training import TrainConfig  # noqa: E402
-from library.tuning import SweepOptions, final_fit, ray_init, run_sweep, validate_sweep  # noqa: E402
+from library.ray_runtime import ray_init  # noqa: E402
+from library.tuning import SweepOptions, final_fit, run_sweep, validate_sweep  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from torch import nn
 from . import tracking
 from .data import ImageData
 from .models import create_model, first_conv
+from .ray_runtime import use_assigned_cpus
 from .plots import filter_grid_figure, training_curves_figure
 from .training import EpochCallback, TrainConfig, evaluate, model_options, train
 
@@ -49,9 +50,7 @@ def fit_and_test(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | No
 
 
 def _fit_task(cfg: TrainConfig, data: ImageData, label: str) -> Fit:
-    import ray
-
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    use_assigned_cpus()
 
     def progress(metrics: dict, state) -> None:  # Ray forwards a task's stdout to the driver's console
         val = "" if math.isnan(metrics["val_acc"]) else f"  val acc {metrics['val_acc']:.4f}"

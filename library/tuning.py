@@ -23,6 +23,7 @@ from . import tracking
 from .config import ConfigError
 from .data import ImageData, ImageSet
 from .fitting import Fit, fit_remote
+from .ray_runtime import use_assigned_cpus
 from .search_space import SearchSpace
 from .training import TrainConfig, train
 
@@ -95,11 +96,9 @@ def _load_checkpoint(checkpoint) -> dict[str, Any] | None:
 def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace) -> None:
     """One trial: the sampled `config` applied to the space's base TrainConfig, trained with a report and a
     checkpoint per epoch."""
-    import ray
     from ray import tune
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))  # Ray's default for a worker is 1 thread whatever it reserved
+    use_assigned_cpus()
     cfg = space.apply(config)
 
     def on_epoch(metrics: dict, state) -> None:
@@ -246,15 +245,6 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
     budget_spent = bool(opts.time_budget_s) and time.monotonic() - start >= opts.time_budget_s
     finished = budget_spent or _all_trials_done(parent, expected_trials(opts, space))
     return SweepOutcome(parent, results, resumed, finished)
-
-
-def ray_init(address: str = "") -> None:
-    """Connect to `address`, $RAY_ADDRESS (set by `ray job submit`), or start a local Ray."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
-                 runtime_env={"env_vars": {tracking.GIT_SHA_ENV: tracking.git_sha()}})
 
 
 def merge_train_val(data: ImageData) -> ImageData:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torchvision.datasets import MNIST
 
 from .images import ImageData, ImageSet, split_train_val
