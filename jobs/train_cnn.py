@@ -58,16 +58,16 @@ def main(cfg: JobConfig) -> dict:
 
         def on_epoch(metrics: dict, state) -> None:
             tracking.log_epoch(metrics)
-            _print_epoch(metrics, cfg.epochs)
+            _print_epoch(metrics, state.total_epochs)
 
         fit = fit_and_test(cfg, data, on_epoch=on_epoch)
         local = Path(cfg.output_dir).resolve() / run.info.run_id
         log_fit(fit, run.info.run_id, f"{cfg.model} on {data.name}", epochs=False, local_dir=local)
 
-    summary = {"run_id": run.info.run_id, "model": cfg.model, "epochs": cfg.epochs,
+    summary = {"run_id": run.info.run_id, "model": cfg.model, "epochs": len(fit.history),
                "val_acc": fit.history[-1]["val_acc"], "test_acc": fit.test["acc"],
                "images_per_s": sum(h["images_per_s"] for h in fit.history) / len(fit.history)}
-    print(f"\n{cfg.model}: test accuracy {fit.test['acc']:.4f} after {cfg.epochs} epochs "
+    print(f"\n{cfg.model}: test accuracy {fit.test['acc']:.4f} after {len(fit.history)} epochs "
           f"(val {summary['val_acc']:.4f}, {summary['images_per_s']:.0f} img/s)")
     print(f"MLflow run {run.info.run_id} in experiment '{cfg.experiment}' at {uri}")
     print(f"model weights also in {local}")

@@ -7,8 +7,7 @@ logs it. One writer per store keeps a SQLite store safe and a remote server's lo
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ class Fit:
     test: dict[str, float]  # loss, acc: the one evaluation on the test set
     state_dict: dict[str, torch.Tensor]  # on the CPU
     init: str = ""
+    steps: list[dict[str, float]] = field(default_factory=list)  # per-iteration rows (TrainConfig.log_steps)
 
     def build(self) -> nn.Module:
         model = create_model(self.model, **self.model_kw)
@@ -46,7 +46,7 @@ def fit_and_test(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | No
     test = evaluate(result.model, data.test, cfg.eval_batch_size, cfg.amp)
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     return Fit(cfg.model, model_options(cfg, data), result.history, test, state,
-               getattr(result.model, "init_scheme", ""))
+               getattr(result.model, "init_scheme", ""), result.steps)
 
 
 def _fit_task(cfg: TrainConfig, data: ImageData, label: str) -> Fit:
@@ -54,7 +54,7 @@ def _fit_task(cfg: TrainConfig, data: ImageData, label: str) -> Fit:
 
     def progress(metrics: dict, state) -> None:  # Ray forwards a task's stdout to the driver's console
         val = "" if math.isnan(metrics["val_acc"]) else f"  val acc {metrics['val_acc']:.4f}"
-        print(f"{label}: epoch {metrics['epoch']}/{cfg.epochs}  train loss {metrics['train_loss']:.4f}"
+        print(f"{label}: epoch {metrics['epoch']}/{state.total_epochs}  train loss {metrics['train_loss']:.4f}"
               f"  acc {metrics['train_acc']:.4f}{val}  {metrics['images_per_s']:.0f} img/s", flush=True)
 
     return fit_and_test(cfg, data, on_epoch=progress)
@@ -70,7 +70,8 @@ def fit_remote(cfg: TrainConfig, data: ImageData, label: str, num_cpus: float, n
 def log_fit(fit: Fit, run_id: str, title: str, prefix: str = "", epochs: bool = True,
             local_dir: Path | None = None) -> nn.Module:
     """Into run `run_id`: the test metrics, the per-epoch metrics (unless the run logged them live), the
-    training curves, the first-layer filters (models with a conv), the history table and the weights.
+    per-iteration ones as `step.<name>` (if recorded), the training curves, the first-layer filters (models
+    with a conv), the history table and the weights.
     With `prefix` ("final"), per-epoch metrics are `final.<name>` and artifacts `final_<name>`, so a sweep's
     parent run holds its final fit beside its own records; `test_acc`/`test_loss` keep their names (a run has
     one test result). Returns the rebuilt model."""
@@ -78,10 +79,8 @@ def log_fit(fit: Fit, run_id: str, title: str, prefix: str = "", epochs: bool = 
     metric = f"{prefix}.{{}}" if prefix else "{}"
     artifact = f"{prefix}_{{}}" if prefix else "{}"
     if epochs:
-        now = int(time.time() * 1000)
-        for row in fit.history:
-            client.log_batch(run_id, metrics=[mlflow.entities.Metric(metric.format(k), float(v), now, int(row["epoch"]))
-                                              for k, v in row.items() if k != "epoch" and math.isfinite(v)])
+        tracking.log_rows(run_id, fit.history, "epoch", prefix=f"{prefix}." if prefix else "")
+    tracking.log_rows(run_id, fit.steps, "step", prefix=f"{prefix}.step." if prefix else "step.")
     client.log_metric(run_id, "test_acc", fit.test["acc"])
     client.log_metric(run_id, "test_loss", fit.test["loss"])
     model = fit.build()

@@ -121,6 +121,10 @@ class SearchSpace:
         create_model(cfg.model, **model_kw)  # raises ConfigError naming a bad option or value
         return cfg
 
+    def run_name(self, point: Mapping[str, Any]) -> str | None:
+        """A readable name for a trial's run; None: Tune's trial name."""
+        return None
+
     def define_by_run(self, trial) -> dict[str, Any]:
         """Optuna's define-by-run form (`OptunaSearch(space=...)`): suggests every searched dimension and
         returns the fixed ones as constants."""

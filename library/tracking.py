@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 import mlflow
 import torch
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from torch import nn
 
@@ -179,6 +181,17 @@ def log_epoch(metrics: Mapping[str, float], step: int | None = None) -> None:
     """One epoch's metrics at step = its epoch number (the 'epoch' entry itself is the step, not a metric)."""
     step = int(metrics.get("epoch", 0)) if step is None else step
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step=step)
+
+
+def log_rows(run_id: str, rows: Sequence[Mapping[str, float]], step_key: str, prefix: str = "") -> None:
+    """Rows of metrics (one per epoch or iteration) into a run: every finite value as `<prefix><name>` at step
+    `row[step_key]`, in batches of MLflow's 1000-metric limit."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{prefix}{k}", float(v), now, int(row[step_key]))
+               for row in rows for k, v in row.items() if k != step_key and math.isfinite(v)]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
 def log_figure(fig, artifact_file: str) -> None:

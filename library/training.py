@@ -21,6 +21,7 @@ from .config import ConfigError, project
 from .data import Augment, DeviceLoader, ImageData, ImageSet
 from .models import create_model, model_kwargs
 from .runtime import keep_freed_memory, pick_device, seed_everything
+from .step_metrics import StepRecorder
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class TrainConfig:
     model: str = "mish_cnn"  # a name from library.models.list_models()
     model_kw: dict[str, Any] = field(default_factory=dict)  # the builder's options, e.g. {"depth": 3}
     epochs: int = 15  # passes over the training split
+    steps: int = 0  # optimiser steps in all, overriding epochs (the last epoch may be partial); 0 = epochs' worth
     batch_size: int = 256  # images per optimiser step
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # sgd = SGD with Nesterov momentum
     lr: float = 3e-3  # peak learning rate, reached at the end of warm-up
@@ -48,10 +50,13 @@ class TrainConfig:
     device: str = "auto"  # auto = the GPU when there is one
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on the CPU
     channels_last: bool = True  # NHWC memory format on CUDA; ignored on the CPU
+    log_steps: bool = False  # also record every iteration: training loss, batch accuracy and G = max|dL/dw| of
+    # the first and last conv layers (A6), read from gradient hooks
 
     def __post_init__(self):
         checks = {
             "epochs": self.epochs >= 1,
+            "steps": self.steps >= 0,
             "batch_size": self.batch_size >= 1,
             "eval_batch_size": self.eval_batch_size >= 1,
             "lr": self.lr > 0,
@@ -69,6 +74,12 @@ class TrainConfig:
 
     def augment(self) -> Augment:
         return Augment(self.crop, self.crop_pad, self.crop_scale_min, self.flip, self.cutout)
+
+    def budget(self, steps_per_epoch: int) -> tuple[int, int]:
+        """(epochs, optimiser steps) of the whole run, for an epoch of `steps_per_epoch` batches."""
+        if self.steps:
+            return -(-self.steps // steps_per_epoch), self.steps
+        return self.epochs, self.epochs * steps_per_epoch
 
 
 def model_options(cfg: TrainConfig, data: ImageData) -> dict[str, Any]:
@@ -103,7 +114,7 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """A per-step schedule: linear warm-up from lr/100, then cosine to zero, constant, or PyTorch's one-cycle."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = max(1, cfg.budget(steps_per_epoch)[1])
     warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
@@ -173,6 +184,10 @@ class TrainState:
     generator: torch.Generator
     epoch: int = 0  # epochs completed
     history: list[dict[str, float]] = field(default_factory=list)
+    step: int = 0  # optimiser steps completed
+    total_epochs: int = 0  # epochs the run will have when done
+    epoch_steps: list[dict[str, float]] = field(default_factory=list)  # per-iteration rows of the latest epoch
+    # (cfg.log_steps); not checkpointed: reported by then
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (deep copy): training goes on mutating the live tensors after this returns."""
@@ -184,6 +199,7 @@ class TrainState:
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
             "history": list(self.history),
+            "step": self.step,
         })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -193,6 +209,7 @@ class TrainState:
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"].to("cpu"))
             self.epoch, self.history = int(state["epoch"]), list(state["history"])
+            self.step = int(state.get("step", 0))
         except (KeyError, RuntimeError, ValueError) as e:
             raise ValueError(f"checkpoint does not match this model/config and cannot be resumed: {e}") from e
 
@@ -201,6 +218,7 @@ class TrainState:
 class TrainResult:
     model: nn.Module
     history: list[dict[str, float]]  # one dict of metrics per epoch
+    steps: list[dict[str, float]] = field(default_factory=list)  # one dict per iteration, with cfg.log_steps
 
 
 EpochCallback = Callable[[dict[str, float], TrainState], None]
@@ -211,7 +229,8 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
     """Train `cfg.model` on `data.train`, evaluating on `data.val` after each epoch (never on `data.test`).
 
     Metrics per epoch: epoch, train_loss, train_acc (on augmented batches), val_loss, val_acc, lr (at the epoch's
-    end), images_per_s (training steps only), epoch_s (wall time including evaluation).
+    end), images_per_s (training steps only), epoch_s (wall time including evaluation). With `cfg.log_steps`,
+    per-iteration rows too (see `library.step_metrics`): `state.epoch_steps` in `on_epoch`, all in the result.
     """
     device = pick_device(cfg.device)
     keep_freed_memory()
@@ -228,18 +247,24 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, len(loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    state = TrainState(project(cfg, TrainConfig), model, optimizer, scheduler, generator)
+    total_epochs, total_steps = cfg.budget(len(loader))
+    state = TrainState(project(cfg, TrainConfig), model, optimizer, scheduler, generator, total_epochs=total_epochs)
     if resume is not None:
         state.load_state_dict(resume)
+        state.step = state.step or state.epoch * len(loader)  # checkpoints from before steps were counted
         _adopt_hyperparameters(cfg, optimizer, scheduler)
+    recorder = StepRecorder(model) if cfg.log_steps else None
+    steps: list[dict[str, float]] = []
 
-    while state.epoch < cfg.epochs:
+    while state.epoch < total_epochs:
         start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         for x, y in loader:
+            if state.step >= total_steps:  # a step budget ends part-way through the last epoch
+                break
             x = x.contiguous(memory_format=memory_format)
             with _autocast(device, cfg.amp):
                 logits = model(x)
@@ -248,6 +273,9 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
             loss.backward()
             optimizer.step()
             scheduler.step()
+            state.step += 1
+            if recorder is not None:
+                recorder.record(state.step, loss, logits, y)
             loss_sum += loss.detach() * len(y)  # stays on the device: no sync per step
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -258,6 +286,8 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
             raise FloatingPointError(f"training loss became {train_loss} in epoch {state.epoch + 1}; lower lr={cfg.lr}")
         val = evaluate(model, val_set, cfg.eval_batch_size, cfg.amp) if len(val_set) else {"loss": math.nan, "acc": math.nan}
         state.epoch += 1
+        state.epoch_steps = recorder.flush() if recorder is not None else []
+        steps += state.epoch_steps
         metrics = {
             "epoch": state.epoch,
             "train_loss": train_loss,
@@ -271,4 +301,6 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
         state.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics, state)
-    return TrainResult(model, state.history)
+    if recorder is not None:
+        recorder.close()
+    return TrainResult(model, state.history, steps)

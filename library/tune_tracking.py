@@ -16,7 +16,8 @@ from ray.tune import Callback
 from . import tracking
 from .search_space import SearchSpace
 
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_s")
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_s", "test_loss", "test_acc")
+STEP_PREFIX = "step."  # per-iteration metrics (TrainConfig.log_steps): step.train_acc, step.grad_first, ...
 SPACE_PARAM_PREFIX = "space."  # sampled values are logged as params space.<name>; the full config beside them
 
 
@@ -36,7 +37,7 @@ class MLflowTrialRuns(Callback):
         mlflow.set_tracking_uri(self.tracking_uri)
         run_id, created = tracking.find_or_create_run(
             self.experiment, {"trial_id": trial.trial_id, "sweep_parent": self.parent_run_id},
-            run_name=str(trial), parent_run_id=self.parent_run_id)
+            run_name=self.space.run_name(trial.config) or str(trial), parent_run_id=self.parent_run_id)
         if created:
             tracking.log_config(trial.config, run_id=run_id, prefix=SPACE_PARAM_PREFIX)
             tracking.log_config(self.space.apply(trial.config), run_id=run_id)
@@ -56,6 +57,7 @@ class MLflowTrialRuns(Callback):
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, epoch) for k in METRICS if k in result]
         self._client().log_batch(run_id, metrics=metrics)
+        tracking.log_rows(run_id, result.get("step_rows") or [], "step", prefix=STEP_PREFIX)
         self._last_epoch[run_id] = epoch
 
     def on_trial_complete(self, iteration, trials, trial, **info):

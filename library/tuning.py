@@ -25,7 +25,7 @@ from .data import ImageData, ImageSet
 from .fitting import Fit, fit_remote
 from .ray_runtime import use_assigned_cpus
 from .search_space import SearchSpace
-from .training import TrainConfig, train
+from .training import TrainConfig, evaluate, train
 
 CHECKPOINT_FILE = "train_state.pt"
 STORAGE_ENV = "CV_STORAGE_PATH"
@@ -93,18 +93,25 @@ def _load_checkpoint(checkpoint) -> dict[str, Any] | None:
                                   "or from scratch.") from e
 
 
-def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace) -> None:
+def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test: bool = False) -> None:
     """One trial: the sampled `config` applied to the space's base TrainConfig, trained with a report and a
-    checkpoint per epoch."""
+    checkpoint per epoch. With `test` (studies, which select nothing on validation), the last report carries the
+    test-set metrics; per-iteration rows (TrainConfig.log_steps) travel in each report as `step_rows`."""
     from ray import tune
 
     use_assigned_cpus()
     cfg = space.apply(config)
 
     def on_epoch(metrics: dict, state) -> None:
+        report = dict(metrics)
+        if test and state.epoch == state.total_epochs:
+            scores = evaluate(state.model, data.test, cfg.eval_batch_size, cfg.amp)
+            report |= {"test_loss": scores["loss"], "test_acc": scores["acc"]}
+        if state.epoch_steps:
+            report["step_rows"] = state.epoch_steps
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.state_dict(), Path(directory) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
 
     train(cfg, data, on_epoch=on_epoch, resume=_load_checkpoint(tune.get_checkpoint()))
 
@@ -156,13 +163,13 @@ def _gpus_per_trial(opts: SweepOptions) -> float:
     return opts.gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbacks: list):
+def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbacks: list, test: bool = False):
     """A new Tuner, or the restored one when the experiment path already holds this sweep."""
     from ray import tune
 
     path = opts.experiment_path()
     resources = {"cpu": opts.cpus_per_trial, "gpu": _gpus_per_trial(opts)}
-    fn = tune.with_resources(tune.with_parameters(trainable, data=data, space=space), resources)
+    fn = tune.with_resources(tune.with_parameters(trainable, data=data, space=space, test=test), resources)
     if tune.Tuner.can_restore(path):
         if not opts.resume:
             raise ConfigError(f"a sweep named {opts.name!r} already exists at {path}; pass --resume=true to "
@@ -216,8 +223,11 @@ def sweep_id(opts: SweepOptions) -> str:
 
 
 def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experiment: str,
-              parent_params: dict[str, Any] | None = None, description: str | None = None) -> SweepOutcome:
+              parent_params: dict[str, Any] | None = None, description: str | None = None,
+              test_each_trial: bool = False) -> SweepOutcome:
     """Run (or resume) the sweep: the parent MLflow run, one child per trial, Tune until done.
+    `test_each_trial` scores every trial on the test set when it finishes: for studies, whose trials are the
+    results, never for searches, whose test set is for the one final model.
 
     Call `tracking.connect()` and `ray.init()` first. The parent run is found again by the sweep's storage path,
     so a resumed sweep logs into the same parent and children.
@@ -235,7 +245,7 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
         if parent_params:
             tracking.log_config(parent_params, run_id=parent)
     callbacks = [MLflowTrialRuns(experiment, parent, space, uri)]
-    tuner, resumed = build_tuner(opts, space, data, callbacks)
+    tuner, resumed = build_tuner(opts, space, data, callbacks, test=test_each_trial)
     if resumed:
         # A restored Tuner unpickles the callbacks of the first run, with that run's tracking URI; Tuner.restore
         # takes no new ones, so swap in ours (which point at today's store).

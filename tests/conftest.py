@@ -94,3 +94,18 @@ def load_job(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def execute_notebook(name: str) -> tuple[list, str]:
+    """Run notebooks/<name> top to bottom in a fresh kernel; returns its outputs and their text. Any error
+    output fails the calling test."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(REPO / "notebooks" / name, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    return outputs, text

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import REPO
+from conftest import REPO, execute_notebook
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -131,17 +131,9 @@ def test_bad_keys_fail_before_ray_starts(tmp_path, cifar_root, arg, key):
 
 
 def test_the_notebook_rebuilds_the_comparison_from_mlflow(smoke, monkeypatch):
-    import nbclient
-    import nbformat
-
     store, _ = smoke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
     monkeypatch.setenv("SWEEP_EXPERIMENT", "smoke")
-    notebook = nbformat.read(REPO / "notebooks" / "sweep_report.ipynb", as_version=4)
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    outputs, text = execute_notebook("sweep_report.ipynb")
     assert "trainable_" in text and "test accuracy after the final fit" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # accuracy-vs-parameter, curves, importance

@@ -6,13 +6,11 @@ from typing import Sequence
 
 from torch import nn
 
-from .layers import Act, Classifier, Init, Norm, conv, init_weights, make_act, make_norm
+from .layers import Act, Classifier, FlatClassifier, Init, Norm, conv, init_weights, make_act, make_norm
 from .registry import register_model
 
 
-def _mish_cnn(batchnorm: bool, num_classes: int, in_chans: int, mean, std, init: Init) -> Classifier:
-    norm: Norm = "bn" if batchnorm else "none"
-
+def _mish_cnn(norm: Norm, num_classes: int, in_chans: int, mean, std, init: Init) -> Classifier:
     def block(c_in: int, c_out: int, k: int) -> list[nn.Module]:
         return [conv(c_in, c_out, k, norm=norm), make_norm(norm, c_out), nn.Mish()]
 
@@ -30,16 +28,39 @@ def _mish_cnn(batchnorm: bool, num_classes: int, in_chans: int, mean, std, init:
 
 
 @register_model
-def mish_cnn(num_classes: int = 10, in_chans: int = 3, mean=None, std=None, init: Init = "kaiming"):
+def mish_cnn(num_classes: int = 10, in_chans: int = 3, mean=None, std=None, init: Init = "kaiming",
+             norm: Norm = "none"):
     """A1: conv 32 7×7 → Mish → max-pool 2×2/2 → conv 64 3×3 → Mish → conv 64 3×3 → Mish → global avg pool →
-    linear. 'Same' padding throughout (the seed leaves it open)."""
-    return _mish_cnn(False, num_classes, in_chans, mean, std, init)
+    linear. 'Same' padding throughout (the seed leaves it open). `norm` puts a normalisation after each conv
+    (A10b compares bn, gn, ln and none across batch sizes); mish_cnn_bn is norm="bn"."""
+    return _mish_cnn(norm, num_classes, in_chans, mean, std, init)
 
 
 @register_model
 def mish_cnn_bn(num_classes: int = 10, in_chans: int = 3, mean=None, std=None, init: Init = "kaiming"):
     """A2: A1 with BatchNorm after each hidden conv (before Mish); those convs carry no bias (see A10a)."""
-    return _mish_cnn(True, num_classes, in_chans, mean, std, init)
+    return _mish_cnn("bn", num_classes, in_chans, mean, std, init)
+
+
+@register_model
+def table1_cnn(num_classes: int = 10, in_chans: int = 3, image_size: int = 32, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None):
+    """A4, seed 001's Table 1 exactly: (conv 5×5×32 → BN → ReLU → avg-pool 2×2/2) twice, conv 5×5×64 → BN → ReLU
+    → avg-pool 2×2/2, fully connected 64 → BN → ReLU, fully connected 10 (the softmax is in the loss). 'Same'
+    padding (the table gives none), so 32 → 16 → 8 → 4 and the first FC sees 64·4·4 inputs.
+
+    `mean`/`std` are the input pipeline's standardisation: the default is CIFAR-10's per-channel statistics;
+    raw pixels (A4's first pipeline) are mean 0, std 1/255, i.e. the 0..255 values themselves."""
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [conv(c_in, c_out, 5, norm="bn"), nn.BatchNorm2d(c_out), nn.ReLU(), nn.AvgPool2d(2, stride=2)]
+
+    side = image_size // 8
+    model = FlatClassifier(
+        in_chans, mean, std, *block(in_chans, 32), *block(32, 32), *block(32, 64), nn.Flatten(),
+        nn.Linear(64 * side * side, 64, bias=False), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, num_classes),
+    )
+    model.init_scheme = init_weights(model, "kaiming")
+    return model
 
 
 class ResidualBlock(nn.Module):

@@ -88,8 +88,9 @@ def init_weights(model: nn.Module, scheme: Init, nonlinearity: str = "relu") -> 
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     return f"kaiming_normal(fan_out, {nonlinearity}) convs, kaiming_normal(fan_in, linear) classifier, zero biases"
@@ -135,6 +136,16 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class FlatClassifier(nn.Sequential):
+    """[0, 1] images → Normalize → layers → logits, for models whose head is a flatten + MLP rather than a
+    global pool (no `forward_features` feature map to speak of)."""
+
+    def __init__(self, in_chans: int, mean, std, *layers: nn.Module):
+        default_mean, default_std = default_stats(in_chans)
+        super().__init__(Normalize(mean or default_mean, std or default_std), *layers)
+        self.init_scheme = "torch default: kaiming_uniform(a=sqrt(5)) weights, U(±1/sqrt(fan_in)) biases"
 
 
 def first_conv(model: nn.Module) -> nn.Module:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from torch import nn
 
-from .layers import Classifier, Init, Normalize, default_stats, init_weights
+from .layers import Classifier, FlatClassifier, Init, init_weights
 from .registry import register_model
 from .scratch import Conv2d, MaxPool2d
 
@@ -30,16 +30,6 @@ def scratch_cnn(num_classes: int = 10, in_chans: int = 1, widths: Sequence[int] 
     model = Classifier(nn.Sequential(*layers), c, num_classes, in_chans, mean, std)
     model.init_scheme = init_weights(model, init, nonlinearity="relu")
     return model
-
-
-class FlatClassifier(nn.Sequential):
-    """[0, 1] images → Normalize → layers → logits, for models whose head is a flatten + MLP rather than a
-    global pool (no `forward_features` feature map to speak of)."""
-
-    def __init__(self, in_chans: int, mean, std, *layers: nn.Module):
-        default_mean, default_std = default_stats(in_chans)
-        super().__init__(Normalize(mean or default_mean, std or default_std), *layers)
-        self.init_scheme = "torch default: kaiming_uniform(a=sqrt(5)) weights, U(±1/sqrt(fan_in)) biases"
 
 
 @register_model

@@ -1,0 +1,138 @@
+"""The study jobs (A1/A2 + A10a, A10b, A4, A5–A8, F1) end to end with --smoke-test: a real local Ray, a real
+MLflow store, tiny CIFAR-10 in the real layout. Each job runs as a subprocess, as a user runs it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import REPO, execute_notebook, load_job
+from library.cli import run_job
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# job -> (trials of its smoke test, artifacts its parent run must hold)
+JOBS = {
+    "bn_study": (4, ["train_loss_per_epoch.png", "filters/no_bn.png", "filters/bn.png", "a10a_bias_before_bn.json"]),
+    "norm_batch_study": (4, ["accuracy_vs_batch_size.png", "accuracy_by_batch.csv"]),
+    "pipeline_study": (8, ["train_acc_per_iteration.png"]),
+    "vanishing_gradients": (6, ["train_acc_per_iteration.png", "gradient_magnitude.png", "architecture/a5.md",
+                                "architecture/a7.md", "architecture/a8.md"]),
+    "vit_study": (6, ["accuracy_time.csv", "filters/cnn.png"]),
+}
+COMMON = ["results.csv", "results.json", "summary.csv", "summary.json", "train_loss_per_epoch.png"]
+
+
+def run_study(job: str, store: Path, data_root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "CV_DATA_ROOT": str(data_root),
+            "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--smoke-test", f"--name={job}_test",
+           f"--storage_path={store / 'ray'}", "--ray_address=local", *args]
+    return subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=900)
+
+
+def study_runs(store: Path, experiment: str):
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name(experiment)
+    runs = mlflow.MlflowClient().search_runs([exp.experiment_id], max_results=1000)
+    return ([r for r in runs if "mlflow.parentRunId" not in r.data.tags],
+            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+
+
+def artifacts(run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for item in mlflow.MlflowClient().list_artifacts(run_id, path):
+        out |= artifacts(run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cifar_root):
+    """`finished(job)` runs the job's smoke test once per module and returns (store, completed process)."""
+    done = {}
+
+    def run(job: str):
+        if job not in done:
+            store = tmp_path_factory.mktemp(job)
+            out = run_study(job, store, cifar_root)
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            done[job] = store, out
+        return done[job]
+    return run
+
+
+@pytest.mark.parametrize("job", list(JOBS))
+def test_study_logs_one_child_per_variant_and_seed_and_the_comparison_in_the_parent(finished, job):
+    store, _ = finished(job)
+    trials, expected = JOBS[job]
+    parents, children = study_runs(store, f"{job}_test")
+    assert len(parents) == 1 and len(children) == trials
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["study_complete"] == "true"
+    assert set(COMMON + expected) <= artifacts(parent.info.run_id)
+    assert all(c.info.status == "FINISHED" and 0 <= c.data.metrics["test_acc"] <= 1 for c in children)
+    assert all({"model/model.pt", "model/model.json"} <= artifacts(c.info.run_id) for c in children)
+    names = {c.info.run_name for c in children}
+    assert len(names) == trials and all("/seed" in n for n in names)
+    results = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                                                  artifact_path="results.json")).read_text())
+    assert len(results) == trials and all(r["test_acc"] == pytest.approx(
+        next(c.data.metrics["test_acc"] for c in children if c.info.run_id == r["run_id"])) for r in results)
+
+
+@pytest.mark.parametrize("job", ["pipeline_study", "vanishing_gradients"])
+def test_per_iteration_studies_log_every_step_with_gradient_magnitudes(finished, job):
+    store, _ = finished(job)
+    _, children = study_runs(store, f"{job}_test")
+    client = mlflow.MlflowClient()
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "step.train_acc")]
+        assert steps == list(range(1, 13))  # --steps=12 in the smoke test
+        grads = client.get_metric_history(child.info.run_id, "step.grad_first")
+        assert len(grads) == 12 and all(m.value >= 0 for m in grads)
+
+
+def test_bn_study_records_the_bias_check_and_the_init(finished):
+    job = "bn_study"
+    store, _ = finished(job)
+    parent = study_runs(store, f"{job}_test")[0][0]
+    assert parent.data.metrics["a10a.max_abs_logit_diff"] < 1e-10
+    assert parent.data.metrics["a10a.max_abs_bias_grad"] < 1e-10
+    assert parent.data.params["variant.bn.init"].startswith("kaiming")
+
+
+def test_running_a_finished_study_again_adds_no_runs(finished, cifar_root):
+    job = "bn_study"
+    store, _ = finished(job)
+    parents, children = study_runs(store, f"{job}_test")
+    again = run_study(job, store, cifar_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "complete already" in again.stdout
+    after = study_runs(store, f"{job}_test")
+    assert len(after[0]) == len(parents) and len(after[1]) == len(children)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants=[no_bn,nope]"], "unknown variant"),
+    (["--search=optuna"], "search=grid"),
+    (["--seeds=[]"], "seeds"),
+])
+def test_bad_study_options_fail_before_ray_starts(args, message, capsys):
+    job = load_job("bn_study")
+    with pytest.raises(SystemExit) as stopped:
+        run_job(job.main, job.JobConfig, argv=args)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_notebook_rebuilds_a_study_from_mlflow(finished, monkeypatch):
+    job = "vanishing_gradients"  # a study with per-iteration metrics
+    store, _ = finished(job)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    monkeypatch.setenv("STUDY_EXPERIMENT", f"{job}_test")
+    outputs, text = execute_notebook("study_report.ipynb")
+    assert "a7" in text and "test_acc_mean" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4  # loss, accuracy, G first, G last
