@@ -180,7 +180,9 @@ def create_backbone(name: str, weights: str = "hub", num_classes: int | None = N
     local = _local_default(name) if weights == "hub" else None
     source: str = weights if local is None else str(local)
     if source == "none":
-        model = timm.create_model(name, pretrained=False, **options)
+        with torch.random.fork_rng(devices=[]):  # a seeded random init: the same "none" weights every time, so
+            torch.manual_seed(0)  # random-weights baselines are reproducible and their features cacheable
+            model = timm.create_model(name, pretrained=False, **options)
     elif source == "hub":
         try:
             model = timm.create_model(name, pretrained=True, **options)

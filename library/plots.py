@@ -60,3 +60,50 @@ def training_curves_figure(history: Sequence[Mapping[str, float]], title: str = 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def confusion_matrix_figure(counts: np.ndarray, classes: Sequence[str], title: str = "") -> Figure:
+    """Counts[true, predicted] as a heat map with the counts written in (row-normalised colours)."""
+    k = len(classes)
+    side = min(14, 2 + 0.35 * k)
+    fig = Figure(figsize=(side + 1.5, side))
+    ax = fig.add_subplot()
+    rates = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=7 if k > 12 else 9)
+    ax.set_yticks(range(k), classes, fontsize=7 if k > 12 else 9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 40:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6 if k > 12 else 9,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_title(title or "confusion matrix (test set)")
+    fig.tight_layout()
+    return fig
+
+
+def image_gallery_figure(paths: Sequence[str], captions: Sequence[str], title: str = "", ncols: int = 4) -> Figure:
+    """Photos from files in a grid, each with a caption under it."""
+    from PIL import Image
+
+    n = max(1, len(paths))
+    rows = -(-n // ncols)
+    fig = Figure(figsize=(3 * ncols, 3.2 * rows + 0.5))
+    for i, (path, caption) in enumerate(zip(paths, captions)):
+        ax = fig.add_subplot(rows, ncols, i + 1)
+        with Image.open(path) as image:
+            ax.imshow(image.convert("RGB"))
+        ax.set_axis_off()
+        ax.set_title(caption, fontsize=8)
+    if not paths:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no such images", ha="center", va="center")
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

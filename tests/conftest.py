@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -62,6 +63,36 @@ def write_mnist(root: Path, n_train: int = 200, n_test: int = 50) -> Path:
             (folder / name).write_bytes(payload)
             (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
     return root
+
+
+PET_BREEDS = (("Abyssinian", 1), ("american_bulldog", 2), ("Bengal", 6))  # a subset: class ids not contiguous
+
+
+def write_pets(root: Path, train_per_breed: int = 8, test_per_breed: int = 6) -> Path:
+    """Oxford-IIIT Pet's layout (images/<Breed>_<n>.jpg, annotations/{trainval,test}.txt with "<id> <class id>
+    <species> <breed id>" lines) for three breeds, as torchvision reads it: JPEGs of different sizes whose
+    colour and stripes depend on the breed."""
+    (root / "oxford-iiit-pet" / "images").mkdir(parents=True, exist_ok=True)
+    (root / "oxford-iiit-pet" / "annotations").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    lines = {"trainval": [], "test": []}
+    for k, (breed, class_id) in enumerate(PET_BREEDS):
+        for n in range(train_per_breed + test_per_breed):
+            h, w = rng.integers(60, 120, size=2)
+            stripes = (np.sin(np.arange(w) * (k + 1) / 4) > 0)[None, :, None]
+            colour = np.array([[[200, 60, 60], [60, 200, 60], [60, 60, 200]][k]])
+            image = np.clip(colour * (0.6 + 0.4 * stripes) + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / "oxford-iiit-pet" / "images" / f"{breed}_{n + 1}.jpg", quality=90)
+            split = "trainval" if n < train_per_breed else "test"
+            lines[split].append(f"{breed}_{n + 1} {class_id} {1 if breed[0].isupper() else 2} {n + 1}")
+    for split, rows in lines.items():
+        (root / "oxford-iiit-pet" / "annotations" / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def pets_root(tmp_path_factory) -> Path:
+    return write_pets(tmp_path_factory.mktemp("pets"))
 
 
 @pytest.fixture(scope="session")

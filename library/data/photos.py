@@ -1,0 +1,123 @@
+"""Photo data sets of variable-size images, kept as lists of files: Oxford-IIIT Pet (through torchvision's class)
+and any image folder (class sub-folders, torchvision's ImageFolder). Pretrained backbones decode and preprocess
+them with their own transform, so nothing here resizes anything.
+
+A `PhotoSet` is picklable and cheap (paths and labels), so Ray tasks receive shards of it and open the files
+themselves from shared storage.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from .storage import DatasetFiles, DatasetNotFoundError, data_root, prepare
+
+PETS_FOLDER = "oxford-iiit-pet"
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    """Image files with integer labels into `classes`."""
+
+    name: str  # e.g. "oxford-iiit-pet/test"
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index: list[int] | range, suffix: str = "") -> "PhotoSet":
+        return PhotoSet(self.name + suffix, tuple(self.paths[i] for i in index), tuple(self.labels[i] for i in index),
+                        self.classes)
+
+    def shards(self, count: int) -> list[range]:
+        """`count` contiguous index ranges of near-equal size covering the set (fewer if the set is smaller)."""
+        count = max(1, min(count, len(self)))
+        bounds = [round(i * len(self) / count) for i in range(count + 1)]
+        return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def fingerprint(self) -> str:
+        """A digest of what the set contains: file names, sizes and labels (not the absolute paths, so the same
+        data staged under another root has the same fingerprint)."""
+        h = hashlib.sha256(self.name.encode())
+        for path, label in zip(self.paths, self.labels):
+            h.update(f"{Path(path).name}:{os.path.getsize(path)}:{label};".encode())
+        return h.hexdigest()[:16]
+
+
+class PhotoDataset(torch.utils.data.Dataset):
+    """(transformed image, label, index) for a PhotoSet, decoding with PIL as RGB."""
+
+    def __init__(self, photos: PhotoSet, transform: Callable, index: range | None = None):
+        self.photos, self.transform = photos, transform
+        self.index = index if index is not None else range(len(photos))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        k = self.index[i]
+        with Image.open(self.photos.paths[k]) as image:
+            return self.transform(image.convert("RGB")), self.photos.labels[k], k
+
+
+def pets_files() -> DatasetFiles:
+    from torchvision.datasets import OxfordIIITPet
+
+    return DatasetFiles(
+        name="Oxford-IIIT Pet",
+        folder=PETS_FOLDER,
+        files={"annotations/trainval.txt": None, "annotations/test.txt": None, "images": None},
+        download=lambda root: OxfordIIITPet(str(root), split="trainval", download=True),
+        sources=[f"{url} (md5 {md5}): extract into {PETS_FOLDER}/" for url, md5 in OxfordIIITPet._RESOURCES],
+    )
+
+
+def load_pets(root: str | Path | None = None, split: str = "trainval", download: bool = True) -> PhotoSet:
+    """Oxford-IIIT Pet's `split` (trainval or test) in torchvision's layout, downloaded once under the data root's
+    lock. Labels are renumbered 0..K-1 over the breeds present, so a subset of the 37 breeds (such as a
+    3-breed sample) has consistent labels and class names."""
+    from torchvision.datasets import OxfordIIITPet
+
+    if split not in ("trainval", "test"):
+        raise ValueError(f"Oxford-IIIT Pet has splits trainval and test, not {split!r}")
+    root = data_root(root)
+    spec = pets_files()
+    spec = DatasetFiles(spec.name, spec.folder, {k: v for k, v in spec.files.items() if k != "images"},
+                        spec.download, spec.sources)  # `images` is a folder: checked by torchvision below
+    prepare(spec, root, download=download)
+    try:  # both splits: the class numbering must be the same in each, also for a subset of the breeds
+        splits = {name: OxfordIIITPet(str(root), split=name, download=False) for name in ("trainval", "test")}
+    except RuntimeError as e:
+        raise DatasetNotFoundError(pets_files().not_found_message(root, e)) from e
+    names: dict[int, str] = {}
+    for ds in splits.values():  # torchvision names the breeds present in a split in label order
+        names |= dict(zip(sorted(set(ds._labels)), ds.classes))  # noqa: SLF001 (the labels live only there)
+    renumber = {label: i for i, label in enumerate(sorted(names))}
+    dataset = splits[split]
+    paths = tuple(str(p) for p in dataset._images)  # noqa: SLF001
+    absent = [p for p in paths if not Path(p).is_file()]
+    if absent:
+        raise DatasetNotFoundError(f"{len(absent)} images listed in Oxford-IIIT Pet's {split}.txt are not in "
+                                   f"{root / PETS_FOLDER / 'images'} (first: {Path(absent[0]).name})")
+    return PhotoSet(f"{PETS_FOLDER}/{split}", paths, tuple(renumber[y] for y in dataset._labels),  # noqa: SLF001
+                    tuple(names[label] for label in sorted(names)))
+
+
+def load_image_folder(path: str | Path) -> PhotoSet:
+    """Any folder with one sub-folder of images per class (torchvision's ImageFolder layout)."""
+    from torchvision.datasets import ImageFolder
+
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"image folder {path} does not exist: expected <folder>/<class>/<image> files")
+    folder = ImageFolder(str(path))
+    return PhotoSet(f"folder:{path.name}", tuple(p for p, _ in folder.samples), tuple(y for _, y in folder.samples),
+                    tuple(folder.classes))

@@ -1,0 +1,88 @@
+"""Feature extraction and linear probes end to end: tiny Oxford-IIIT Pet in the real layout, random-init timm
+backbones (offline), a real local Ray for the shard tasks, a real MLflow store, the real feature cache."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import REPO
+from library.backbones import create_backbone, state_digest
+from library.data.photos import load_pets
+from library.features import BackboneSpec, cache_key, extract, plan_extractions
+
+
+def test_features_are_unit_norm_pre_logits_of_num_features(pets_root):
+    photos = load_pets(pets_root, "test")
+    for name in ("resnet18", "vit_tiny_patch16_224"):
+        backbone = create_backbone(name, weights="none")
+        features, labels = extract(backbone, photos, range(5), batch_size=4)
+        assert features.shape == (5, backbone.num_features)
+        assert np.allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+        assert labels.tolist() == list(photos.labels[:5])
+
+
+def test_cache_key_follows_weights_preprocessing_and_data(pets_root):
+    test, trainval = load_pets(pets_root, "test"), load_pets(pets_root, "trainval")
+    a = create_backbone("resnet18", weights="none")
+    assert cache_key(a, test) == cache_key(create_backbone("resnet18", weights="none"), test)  # seeded random init
+    assert cache_key(a, test) != cache_key(a, trainval)
+    other = create_backbone("resnet18", weights="none")
+    other.model.fc.bias.data += 1  # different weights, different key
+    other.weights_digest = state_digest(other.model)
+    assert cache_key(other, test) != cache_key(a, test)
+    a.data_config = dict(a.data_config, crop_pct=1.0)  # different preprocessing, different key
+    assert cache_key(a, test) != cache_key(create_backbone("resnet18", weights="none"), test)
+
+
+def run(job: str, store: Path, data_root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "CV_DATA_ROOT": str(data_root),
+            "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(REPO / "jobs" / f"{job}.py"), f"--cache_dir={store / 'cache'}", "--ray_address=local",
+           "--shards=2", "--batch_size=8", *args]
+    return subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_extraction_fills_the_cache_and_a_rerun_reads_it_without_ray_or_a_forward(tmp_path, pets_root):
+    backbones = "--backbones=[resnet18@none,vit_tiny_patch16_224@none]"
+    first = run("extract_features", tmp_path, pets_root, backbones, "--experiment=features")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Started a local Ray" in first.stdout + first.stderr and "computed at" in first.stdout
+    entries = plan_extractions([(BackboneSpec("resnet18", "none"), load_pets(pets_root, "test"))],
+                               tmp_path / "cache", shards=2)
+    assert entries[0].cache_hit
+    features, labels = entries[0].entry.load()
+    assert features.shape == (18, 512) and labels.tolist() == list(load_pets(pets_root, "test").labels)
+
+    again = run("extract_features", tmp_path, pets_root, backbones, "--experiment=features")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("cache hit") == 4 and "computed at" not in again.stdout
+    assert "Started a local Ray" not in again.stdout + again.stderr  # no tasks, so no forward pass anywhere
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["features"], order_by=["attributes.start_time DESC"])
+    assert runs.iloc[0]["metrics.resnet18.test.cache_hit"] == 1.0 and runs.iloc[1]["metrics.resnet18.test.cache_hit"] == 0.0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_linear_probe_job_logs_probes_per_backbone_and_the_c4_comparison(tmp_path, pets_root):
+    out = run("linear_probe", tmp_path, pets_root, "--backbones=[resnet18@none,vit_tiny_patch16_224@none]",
+              "--c_grid=[1.0,100.0]")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["linear_probe"])
+    parent = runs[runs["tags.mlflow.parentRunId"].isna()].iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    assert sorted(children["tags.mlflow.runName"]) == ["resnet18", "vit_tiny_patch16_224"]
+    assert children["metrics.mean_per_class_acc"].between(0, 1).all()
+    client = mlflow.MlflowClient()
+    assert {"confusion_matrix.png", "per_class_accuracy.csv", "validation_curve.png"} <= {
+        a.path for a in client.list_artifacts(children.iloc[0]["run_id"])}
+    c4 = {a.path for a in client.list_artifacts(parent["run_id"], "c4")}
+    assert len(c4) == 3 and any(p.endswith(".csv") for p in c4)

@@ -1,0 +1,50 @@
+"""Photo data sets: Oxford-IIIT Pet through torchvision's class (a 3-breed subset in the real layout) and image
+folders."""
+import pytest
+from PIL import Image
+
+from library.data import DatasetNotFoundError
+from library.data.photos import PhotoDataset, load_image_folder, load_pets
+
+
+def test_pets_subset_gets_contiguous_labels_and_its_breed_names(pets_root):
+    trainval, test = load_pets(pets_root, "trainval"), load_pets(pets_root, "test")
+    assert len(trainval) == 24 and len(test) == 18
+    assert trainval.classes == test.classes == ("Abyssinian", "American Bulldog", "Bengal")
+    assert sorted(set(trainval.labels)) == [0, 1, 2]
+    assert all(trainval.classes[y].split()[0].lower() in p.lower() for p, y in zip(trainval.paths, trainval.labels))
+
+
+def test_pets_fingerprint_follows_the_content_not_the_location(pets_root, tmp_path):
+    import shutil
+
+    moved = shutil.copytree(pets_root, tmp_path / "elsewhere")
+    assert load_pets(moved, "test").fingerprint() == load_pets(pets_root, "test").fingerprint()
+    assert load_pets(pets_root, "test").fingerprint() != load_pets(pets_root, "trainval").fingerprint()
+
+
+def test_missing_pets_say_which_files_to_put_where(tmp_path, monkeypatch):
+    monkeypatch.setattr("torchvision.datasets.OxfordIIITPet._download", lambda self: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(DatasetNotFoundError, match="annotations/trainval.txt") as error:
+        load_pets(tmp_path, "test")
+    assert "images.tar.gz" in str(error.value) and str(tmp_path / "oxford-iiit-pet") in str(error.value)
+
+
+def test_shards_cover_the_set_once(pets_root):
+    photos = load_pets(pets_root, "trainval")
+    shards = photos.shards(5)
+    assert sorted(i for s in shards for i in s) == list(range(len(photos)))
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+
+
+def test_image_folder_and_the_dataset_transform(tmp_path):
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (40 + i, 30), (10, 20, 30)).save(tmp_path / cls / f"{i}.png")
+    photos = load_image_folder(tmp_path)
+    assert photos.classes == ("cats", "dogs") and photos.labels == (0, 0, 1, 1)
+    image, label, index = PhotoDataset(photos, lambda im: im.size)[3]
+    assert image == (41, 30) and label == 1 and index == 3
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        load_image_folder(tmp_path / "nope")
