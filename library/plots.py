@@ -107,3 +107,54 @@ def image_gallery_figure(paths: Sequence[str], captions: Sequence[str], title: s
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def top_k_figure(rows: Sequence[dict], title: str = "") -> Figure:
+    """C1: per image (a row), the top-k probabilities and logits as horizontal bars for each model (`rows`:
+    {"image": path, "model": label, "classes": [...], "probabilities": [...], "logits": [...]})."""
+    from PIL import Image
+
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cols = 1 + 2 * len(models)
+    fig = Figure(figsize=(3.6 * cols, 2.8 * len(images) + 0.6))
+    for i, path in enumerate(images):
+        ax = fig.add_subplot(len(images), cols, i * cols + 1)
+        with Image.open(path) as image:
+            ax.imshow(image.convert("RGB"))
+        ax.set_axis_off()
+        ax.set_title(path.rsplit("/", 1)[-1], fontsize=9)
+        for j, model in enumerate(models):
+            row = next(r for r in rows if r["image"] == path and r["model"] == model)
+            for k, (key, label) in enumerate((("probabilities", "probability"), ("logits", "logit"))):
+                ax = fig.add_subplot(len(images), cols, i * cols + 2 + 2 * j + k)
+                ax.barh(range(len(row["classes"]))[::-1], row[key], color="C0" if k == 0 else "C1")
+                ax.set_yticks(range(len(row["classes"]))[::-1], [c[:22] for c in row["classes"]], fontsize=7)
+                ax.set_title(f"{model}: {label}", fontsize=9)
+                if k == 0:
+                    ax.set_xlim(0, 1)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def map_grid_figure(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], title: str = "",
+                    cmap: str = "viridis") -> Figure:
+    """Rows of labelled images (H×W maps in [0, 1] shown with `cmap`, or H×W×3 RGB), e.g. C2's early, middle and
+    late feature maps, or E1/E2's input, map and blend per image."""
+    cols = max(len(items) for _, items in rows)
+    fig = Figure(figsize=(2.4 * cols + 0.8, 2.5 * len(rows) + 0.5))
+    for i, (row_label, items) in enumerate(rows):
+        for j, (label, image) in enumerate(items):
+            ax = fig.add_subplot(len(rows), cols, i * cols + j + 1)
+            ax.imshow(image, cmap=cmap if np.ndim(image) == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(row_label)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
