@@ -77,3 +77,4 @@ def test_inspect_job_logs_its_figures(tmp_path):
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
     assert {"top_k.png", "top_k.csv", "feature_maps.png", "cam.png", "saliency.png"} <= artifacts
     assert run["metrics.last_layer_input_width"] == 1280
+
