@@ -1,0 +1,115 @@
+"""The attacks: the ε-ball and the pixel range, the model's mode, the budget in backward passes, early stopping,
+robust accuracy against clean, and our PGD against torchattacks' on the same model and settings."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import synthetic_images
+from library.attacks import EOT, FGSM, PGD, IterativeFGSM, MomentumMargin, ProbabilityAscent
+from library.models import create_model
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small CNN trained for a few steps on the class-template images: mostly right, attackable."""
+    torch.manual_seed(0)
+    images, labels = synthetic_images(400, 1, 28, seed=0)
+    x, y = torch.from_numpy(images).float() / 255, torch.from_numpy(labels).long()
+    model = create_model("scratch_cnn", widths=(8, 16))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        for i in range(0, 400, 50):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[i:i + 50]), y[i:i + 50]).backward()
+            optimizer.step()
+    test_x, test_y = synthetic_images(64, 1, 28, seed=1)
+    return model, torch.from_numpy(test_x).float() / 255, torch.from_numpy(test_y).long()
+
+
+def attacks(model):
+    return {
+        "fgsm": FGSM(model, EPS),
+        "pgd": PGD(model, EPS, alpha=2 / 255, steps=10, restarts=1),
+        "iterative_fgsm": IterativeFGSM(model, step=1 / 255, confidence=0.9, max_steps=15, eps=EPS),
+        "momentum_margin": MomentumMargin(model, EPS, steps=10),
+    }
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "iterative_fgsm", "momentum_margin"])
+def test_attack_stays_in_the_ball_and_the_pixel_range_and_restores_the_mode(trained, name):
+    model, x, y = trained
+    model.train()
+    result = attacks(model)[name](x, y)
+    assert model.training
+    assert (result.images - x).abs().max() <= EPS + 1e-6
+    assert result.images.min() >= 0 and result.images.max() <= 1
+
+
+@pytest.mark.parametrize("name, budget", [("fgsm", 1), ("pgd", 20), ("iterative_fgsm", 15), ("momentum_margin", 10)])
+def test_attack_respects_its_budget_and_lowers_accuracy(trained, name, budget):
+    model, x, y = trained
+    model.eval()
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean()
+    result = attacks(model)[name](x, y)
+    assert result.backward_passes.max() <= budget
+    robust = (result.probabilities.argmax(1) == y).float().mean()
+    assert robust <= clean
+    wrong = result.probabilities.argmax(1) != y
+    assert (wrong | ~result.success).all()  # a success is misclassified
+    if attacks(model)[name].confidence == 0:
+        assert torch.equal(result.success, wrong)
+
+
+def test_early_stopping_spends_less_on_samples_already_broken(trained):
+    model, x, y = trained
+    stopping = PGD(model, EPS, alpha=2 / 255, steps=10, random_start=False)(x, y)
+    full = PGD(model, EPS, alpha=2 / 255, steps=10, random_start=False, early_stop=False)(x, y)
+    assert full.backward_passes.eq(10).all()
+    assert stopping.backward_passes.sum() < full.backward_passes.sum()
+    assert stopping.success.sum() >= full.success.sum() - 1  # stopping early keeps (almost) every success
+
+
+def test_targeted_attacks_reach_their_target(trained):
+    model, x, y = trained
+    target = (y + 1) % 10
+    for attack in (PGD(model, 0.3, alpha=0.02, steps=40), ProbabilityAscent(model, 0.3, lr=2.0, steps=60),
+                   MomentumMargin(model, 0.3, steps=40)):
+        result = attack(x, y, target=target)
+        assert (result.images - x).abs().max() <= 0.3 + 1e-6
+        assert result.success.float().mean() > 0.5, type(attack).__name__
+        assert torch.equal(result.success, result.probabilities.argmax(1) == target)
+
+
+def test_iterative_fgsm_stops_each_sample_at_the_asked_confidence(trained):
+    model, x, y = trained
+    result = IterativeFGSM(model, step=2 / 255, confidence=0.9, max_steps=100)(x[:16], y[:16])
+    top_p, top = result.probabilities.max(1)
+    broken = result.success
+    assert broken.sum() >= 8 and (top_p[broken] >= 0.9).all() and (top[broken] != y[:16][broken]).all()
+    assert result.backward_passes[broken].min() < 100  # those stopped as soon as they got there
+
+
+def test_our_pgd_matches_torchattacks(trained):
+    torchattacks = pytest.importorskip("torchattacks", reason="the reference implementation (test extra)")
+    model, x, y = trained
+    model.eval()
+    theirs = torchattacks.PGD(model, eps=EPS, alpha=2 / 255, steps=10, random_start=False)(x, y)
+    ours = PGD(model, EPS, alpha=2 / 255, steps=10, random_start=False, early_stop=False)(x, y)
+    assert torch.allclose(ours.images, theirs, atol=1e-6)
+    with torch.no_grad():
+        their_success = (model(theirs).argmax(1) != y).float().mean()
+    assert ours.success.float().mean() >= their_success
+
+
+def test_eot_averages_over_transformations(trained):
+    model, x, y = trained
+    flip = lambda images, g: images.flip(3)  # noqa: E731
+    same = lambda images, g: images  # noqa: E731
+    wrapped = EOT(model.eval(), [flip], samples=2)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x), model(x.flip(3)), atol=1e-6)
+        mixed = EOT(model, [flip, same], samples=64)(x)
+        assert torch.allclose(mixed, (model(x) + model(x.flip(3))) / 2, atol=0.5)
