@@ -113,3 +113,42 @@ def test_eot_averages_over_transformations(trained):
         assert torch.allclose(wrapped(x), model(x.flip(3)), atol=1e-6)
         mixed = EOT(model, [flip, same], samples=64)(x)
         assert torch.allclose(mixed, (model(x) + model(x.flip(3))) / 2, atol=0.5)
+
+
+def test_sweep_with_robust_flags_is_monotone_and_does_less_work(trained):
+    from library.robustness import AttackSpec, independent_work, sweep
+
+    model, x, y = trained
+    eps = [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
+    spec = AttackSpec("pgd", steps=5, random_start=False)
+    rows, standing = sweep(model, spec, x, y, eps)
+    robust = [r["standing"] for r in rows]
+    assert robust == sorted(robust, reverse=True) and robust[-1] == int(standing.sum())
+    assert all(r["attacked"] >= r["standing"] for r in rows)
+    flagged = sum(r["backward_passes"] for r in rows)
+    assert flagged < independent_work(model, spec, x, y, eps)
+    # continuing from the flags of a first chunk gives the same curve as one pass over all ε
+    first, flags = sweep(model, spec, x, y, eps[:2])
+    second, _ = sweep(model, spec, x, y, eps[2:], standing=flags)
+    assert [r["standing"] for r in first + second] == robust
+
+
+def test_targeted_sweep_counts_images_not_yet_at_their_target(trained):
+    from library.robustness import AttackSpec, sweep
+
+    model, x, y = trained
+    rows, _ = sweep(model, AttackSpec("pgd", steps=10, targeted=True), x, y, [0.05, 0.3])
+    assert rows[0]["standing"] >= rows[1]["standing"] and rows[1]["standing"] < len(x) // 2
+
+
+def test_wilson_interval_and_the_pgd_table(trained):
+    from library.robustness import pgd_table, wilson_interval
+
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == 0 and wilson_interval(10, 10)[1] == 1
+    model, x, y = trained
+    table = pgd_table(model, x[:16], y[:16], [2 / 255, 8 / 255], [1, 5])
+    assert len(table) == 4 and all(0 <= r["top1"] <= r["top5"] <= 1 and r["seconds"] > 0 for r in table)
+    by = {(r["iterations"], r["eps"]): r["top1"] for r in table}
+    assert by[(5, 8 / 255)] <= by[(1, 2 / 255)]
