@@ -1,10 +1,13 @@
 """jobs/train_mnist_models.py end to end: models A and B trained as Ray tasks (a real local Ray, as a user runs
 the job), logged to a real MLflow store, registered, and loaded back by name."""
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -66,3 +69,27 @@ def test_an_unknown_model_fails_before_ray_starts(tmp_path, mnist_root):
     out = run_job(tmp_path, mnist_root, "--models=[mnist_a,mnsit_b]")
     assert out.returncode == 2 and "unknown model 'mnsit_b'" in out.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_eps_sweep_attacks_the_registered_models_with_robust_flags(trained, mnist_root):
+    store, _ = trained
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run([sys.executable, str(REPO / "jobs" / "eps_sweep.py"), "--smoke-test",
+                          "--models=[registered:mnist_a,registered:mnist_b:1]", f"--data_root={mnist_root}",
+                          "--eps_255=[4,8,16,32]", "--ray_address=local"],
+                         cwd=store, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "D7, at ε = 8/255 and 16/255" in out.stdout and "D11" in out.stdout
+    run = mlflow.search_runs(experiment_names=["eps_sweep_smoke"]).iloc[0]
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(run["run_id"])} | {
+        a.path for a in client.list_artifacts(run["run_id"], "curves")}
+    assert {"sweep.json", "sweep.csv", "d7_eps8_eps16.csv", "pgd_table.csv"} <= artifacts
+    assert sum(p.startswith("curves/") for p in artifacts) == 2
+    logged = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="sweep.json")).read_text())
+    table = pd.DataFrame(logged["data"], columns=logged["columns"])  # MLflow's table format
+    for (_, _), group in table.groupby(["model", "attack"]):
+        robust = group.sort_values("eps")["robust_acc"].tolist()
+        assert robust == sorted(robust, reverse=True)  # the robust flags make every curve monotone
+        assert (group["robust_acc_low"] <= group["robust_acc"]).all() and (group["robust_acc"] <= group["robust_acc_high"]).all()

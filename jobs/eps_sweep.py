@@ -1,0 +1,182 @@
+"""Robust accuracy against ε for every model × attack (D5–D7, D11, D12), as Ray tasks over (model × attack ×
+image shard × ε-chunk), with robust flags: each ε attacks only the images still standing at the smaller ones.
+
+    python jobs/eps_sweep.py                                   # MNIST models A and B (registered), test set
+    python jobs/eps_sweep.py --attacks=[pgd,momentum_margin] --eps_255=[2,4,8,16,32] --test_size=2000
+    python jobs/eps_sweep.py --models=[run:<run id>] --dataset=cifar10 --pgd_table=true
+    python jobs/eps_sweep.py --smoke-test
+
+Models: `registered:<name>[:<version>]` (MLflow's model registry, e.g. what train_mnist_models.py registers),
+`run:<run id>` (a model a job logged), or `init:<registry name>` (seeded random weights: smoke tests). Each task
+gets the model and its shard from the object store and never talks to MLflow; the driver shows a progress bar
+as tasks finish and logs one run: the tidy table (sweep.csv / an MLflow table: model, attack, ε, robust
+accuracy or targeted success with a 95% Wilson interval, images attacked, backward passes, seconds), a plot per
+model, D7's numbers at ε = 8/255 and 16/255, and with --pgd_table D11's table over (iterations, ε).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
+
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from library import tracking  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.config import ConfigError  # noqa: E402
+from library.data.options import DataOptions, load_data  # noqa: E402
+from library.models import create_model  # noqa: E402
+from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
+from library.robustness import AttackSpec, pgd_table, sweep, wilson_interval  # noqa: E402
+
+
+@dataclass(frozen=True)
+class JobConfig(DataOptions):
+    dataset: str = "mnist"
+    models: tuple[str, ...] = ("registered:mnist_a", "registered:mnist_b")
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "momentum_margin")  # see library/robustness.py ATTACKS
+    targeted: bool = False  # attack toward label + 1 (mod classes) instead of away from the label
+    steps: int = 10  # iterations of the iterative attacks
+    eps_255: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)  # ε in units of 1/255, swept in increasing order
+    test_size: int = 1000  # test images (a seeded sample); 0 = all
+    shards: int = 4  # image shards per (model, attack)
+    eps_per_task: int = 2  # ε values per task; the next chunk continues from this one's robust flags
+    pgd_table: bool = False  # D11: also PGD top-1/top-5 over (pgd_iterations × ε) per model
+    pgd_iterations: tuple[int, ...] = (1, 5, 10, 20)
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.25  # only when the cluster has GPUs
+    ray_address: str = ""
+    experiment: str = "eps_sweep"
+    smoke_test: bool = False
+    val_size: int = field(default=0)  # the sweep uses the test set only
+
+    def __post_init__(self):
+        for name in self.attacks:
+            AttackSpec(name)  # an unknown attack name stops here
+        if not self.eps_255 or min(self.eps_255) <= 0:
+            raise ConfigError("eps_255 needs positive values (ε in units of 1/255)")
+        if self.shards < 1 or self.eps_per_task < 1:
+            raise ConfigError("shards and eps_per_task must be at least 1")
+
+
+SMOKE = {"models": ["init:mnist_a", "init:mnist_b"], "attacks": ["fgsm", "pgd"], "eps_255": [4, 16, 64],
+         "test_size": 48, "shards": 2, "steps": 3, "pgd_table": True, "pgd_iterations": [1, 3],
+         "experiment": "eps_sweep_smoke"}
+
+
+def load_model_spec(spec: str, data) -> torch.nn.Module:
+    kind, _, rest = spec.partition(":")
+    if kind == "registered":
+        name, _, version = rest.partition(":")
+        return tracking.load_registered_model(name, int(version) if version else None)
+    if kind == "run":
+        return tracking.load_model(rest).eval()
+    if kind == "init":
+        torch.manual_seed(0)
+        return create_model(rest, num_classes=data.num_classes, in_chans=data.image_shape[0]).eval()
+    raise ConfigError(f"model {spec!r}: use registered:<name>[:<version>], run:<run id> or init:<registry name>")
+
+
+def sweep_task(model, spec: AttackSpec, x, y, eps: list[float], standing, classes: int):
+    use_assigned_cpus()
+    return sweep(model, spec, x.float().div(255), y, eps, standing, classes)
+
+
+def tidy(rows: list[dict], targeted: bool) -> pd.DataFrame:
+    """Shards summed per (model, attack, ε); robust accuracy (or targeted success) with its interval."""
+    table = pd.DataFrame(rows).groupby(["model", "attack", "eps"], sort=False, as_index=False).sum(numeric_only=True)
+    table = table.sort_values(["model", "attack", "eps"], kind="stable").reset_index(drop=True)
+    table["eps_255"] = (table["eps"] * 255).round(3)
+    measure = "targeted_success" if targeted else "robust_acc"
+    hits = table["n"] - table["standing"] if targeted else table["standing"]
+    table[measure] = hits / table["n"]
+    intervals = [wilson_interval(int(h), int(n)) for h, n in zip(hits, table["n"])]
+    table[f"{measure}_low"], table[f"{measure}_high"] = zip(*intervals)
+    return table
+
+
+def curve_figure(table: pd.DataFrame, model: str, measure: str) -> Figure:
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for attack, group in table[table["model"] == model].groupby("attack", sort=False):
+        line, = ax.plot(group["eps_255"], group[measure], marker="o", label=attack)
+        ax.fill_between(group["eps_255"], group[f"{measure}_low"], group[f"{measure}_high"], color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("ε (× 1/255)")
+    ax.set_ylabel(measure.replace("_", " "))
+    ax.set_title(f"{model}: {measure.replace('_', ' ')} vs ε (band: 95% Wilson interval)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def run_sweeps(models: dict, specs: list[AttackSpec], x, y, cfg: JobConfig, classes: int) -> list[dict]:
+    """Chains of tasks, one chain per (model, attack, shard), one task per ε-chunk; a progress bar over all."""
+    import ray
+    from tqdm.auto import tqdm
+
+    gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    task = ray.remote(sweep_task).options(num_cpus=cfg.cpus_per_task, num_gpus=gpus)
+    eps = sorted(e / 255 for e in cfg.eps_255)
+    chunks = [eps[i:i + cfg.eps_per_task] for i in range(0, len(eps), cfg.eps_per_task)]
+    shards = [(ray.put(xs), ray.put(ys)) for xs, ys in zip(x.tensor_split(cfg.shards), y.tensor_split(cfg.shards))]
+    refs = {name: ray.put(model) for name, model in models.items()}
+    pending = {}
+    for name in models:
+        for spec in specs:
+            for xs, ys in shards:
+                pending[task.remote(refs[name], spec, xs, ys, chunks[0], None, classes)] = (name, spec, xs, ys, 1)
+    rows = []
+    with tqdm(total=len(pending) * len(chunks), desc="ε-sweep tasks", unit="task") as bar:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            name, spec, xs, ys, next_chunk = pending.pop(ready[0])
+            chunk_rows, standing = ray.get(ready[0])
+            rows += [r | {"model": name, "attack": spec.label} for r in chunk_rows]
+            bar.update(1)
+            if next_chunk < len(chunks):
+                ref = task.remote(refs[name], spec, xs, ys, chunks[next_chunk], standing, classes)
+                pending[ref] = (name, spec, xs, ys, next_chunk + 1)
+    return rows
+
+
+def main(cfg: JobConfig) -> dict:
+    uri = tracking.connect()
+    data = load_data(cfg)
+    test = data.test
+    x, y = test.images, test.labels
+    models = {spec: load_model_spec(spec, data) for spec in cfg.models}
+    specs = [AttackSpec(name, steps=cfg.steps, targeted=cfg.targeted) for name in cfg.attacks]
+    ray_init(cfg.ray_address)
+    with tracking.start_run(cfg.experiment, run_name="eps_sweep", config=cfg) as run:
+        table = tidy(run_sweeps(models, specs, x, y, cfg, data.num_classes), cfg.targeted)
+        measure = "targeted_success" if cfg.targeted else "robust_acc"
+        mlflow.log_table(table, "sweep.json")
+        mlflow.log_text(table.to_csv(index=False), "sweep.csv")
+        for i, name in enumerate(models):
+            mlflow.log_figure(curve_figure(table, name, measure), f"curves/{i}_{name.replace(':', '_')}.png")
+        d7 = table[table["eps_255"].isin([8, 16])][["model", "attack", "eps_255", measure]]
+        if not d7.empty:
+            mlflow.log_text(d7.to_csv(index=False), "d7_eps8_eps16.csv")
+            print("\nD7, at ε = 8/255 and 16/255:\n" + d7.to_string(index=False))
+        if cfg.pgd_table:
+            rows = [r | {"model": name} for name, model in models.items()
+                    for r in pgd_table(model, x.float().div(255), y, [e / 255 for e in cfg.eps_255], list(cfg.pgd_iterations))]
+            pgd = pd.DataFrame(rows)
+            mlflow.log_text(pgd.to_csv(index=False), "pgd_table.csv")
+            print("\nD11, PGD top-1/top-5:\n" + pgd.round(4).to_string(index=False))
+        print("\n" + table[["model", "attack", "eps_255", measure, f"{measure}_low", f"{measure}_high", "attacked",
+                            "backward_passes"]].round(4).to_string(index=False))
+    print(f"MLflow run {run.info.run_id} in experiment '{cfg.experiment}' at {uri}")
+    return {"run_id": run.info.run_id, "rows": len(table)}
+
+
+if __name__ == "__main__":
+    run_job(main, JobConfig, smoke=SMOKE)
