@@ -23,14 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.models import create_model  # noqa: E402
+from library.model_specs import load_model_spec  # noqa: E402
 from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
 from library.robustness import AttackSpec, pgd_table, sweep, wilson_interval  # noqa: E402
 
@@ -67,19 +66,6 @@ class JobConfig(DataOptions):
 SMOKE = {"models": ["init:mnist_a", "init:mnist_b"], "attacks": ["fgsm", "pgd"], "eps_255": [4, 16, 64],
          "test_size": 48, "shards": 2, "steps": 3, "pgd_table": True, "pgd_iterations": [1, 3],
          "experiment": "eps_sweep_smoke"}
-
-
-def load_model_spec(spec: str, data) -> torch.nn.Module:
-    kind, _, rest = spec.partition(":")
-    if kind == "registered":
-        name, _, version = rest.partition(":")
-        return tracking.load_registered_model(name, int(version) if version else None)
-    if kind == "run":
-        return tracking.load_model(rest).eval()
-    if kind == "init":
-        torch.manual_seed(0)
-        return create_model(rest, num_classes=data.num_classes, in_chans=data.image_shape[0]).eval()
-    raise ConfigError(f"model {spec!r}: use registered:<name>[:<version>], run:<run id> or init:<registry name>")
 
 
 def sweep_task(model, spec: AttackSpec, x, y, eps: list[float], standing, classes: int):
@@ -152,7 +138,7 @@ def main(cfg: JobConfig) -> dict:
     data = load_data(cfg)
     test = data.test
     x, y = test.images, test.labels
-    models = {spec: load_model_spec(spec, data) for spec in cfg.models}
+    models = {spec: load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
     specs = [AttackSpec(name, steps=cfg.steps, targeted=cfg.targeted) for name in cfg.attacks]
     ray_init(cfg.ray_address)
     with tracking.start_run(cfg.experiment, run_name="eps_sweep", config=cfg) as run:

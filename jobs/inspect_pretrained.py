@@ -27,11 +27,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from library import tracking  # noqa: E402
-from library.backbones import create_backbone  # noqa: E402
+from library.backbones import class_names, create_backbone  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
-from library.data import DatasetNotFoundError  # noqa: E402
 from library.explain import blend, class_activation_map, classifier_layer, early_middle_late, saliency_map, top_k  # noqa: E402
+from library.data.photos import load_images, load_rgb  # noqa: E402
 from library.features import LITE0, BackboneSpec  # noqa: E402
 from library.plots import map_grid_figure, top_k_figure  # noqa: E402
 
@@ -63,38 +63,6 @@ def smoke_image() -> str:
     path = Path(tempfile.mkdtemp()) / "smoke_disc.png"
     Image.fromarray(image.astype(np.uint8)).save(path)
     return str(path)
-
-
-def class_names(num_classes: int) -> list[str]:
-    if num_classes == 1000:
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo()
-        return [info.index_to_description(i).split(",")[0] for i in range(1000)]
-    return [f"class {i}" for i in range(num_classes)]
-
-
-def load_images(paths: tuple[str, ...], transform) -> torch.Tensor:
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise DatasetNotFoundError(f"image file(s) not found: {', '.join(missing)}")
-    with_tensors = []
-    for path in paths:
-        with Image.open(path) as image:
-            with_tensors.append(transform(image.convert("RGB")))
-    return torch.stack(with_tensors)
-
-
-def display_images(paths: tuple[str, ...], size: tuple[int, int]) -> torch.Tensor:
-    """The inputs as the model saw them, un-normalised: resized and centre-cropped RGB in [0, 1] (for blends)."""
-    from torchvision.transforms import functional as TF
-
-    out = []
-    for path in paths:
-        with Image.open(path) as image:
-            image = TF.resize(image.convert("RGB"), min(size), antialias=True)
-            out.append(TF.to_tensor(TF.center_crop(image, list(size))))
-    return torch.stack(out)
 
 
 def main(cfg: JobConfig) -> dict:
@@ -129,7 +97,7 @@ def main(cfg: JobConfig) -> dict:
                                            for stage, items in maps.items()],
                                           f"{spec.name}: feature maps of {Path(paths[0]).name}, each scaled to [0, 1]"),
                           "feature_maps.png")
-        shown = display_images(paths, tuple(backbone.data_config["input_size"][1:]))
+        shown = load_rgb(paths, tuple(backbone.data_config["input_size"][1:]))
         predicted = torch.tensor([r["indices"][0] for r in rows[:len(paths)]])
         for kind, compute in (("cam", class_activation_map), ("saliency", saliency_map)):
             try:

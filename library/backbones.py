@@ -46,6 +46,12 @@ class Backbone:
     def num_features(self) -> int:
         return self.model.num_features
 
+    def pixel_model(self) -> nn.Module:
+        """The model taking [0, 1] images at the input size (its normalisation inside), as attacks expect."""
+        from .models.layers import Normalize
+
+        return nn.Sequential(Normalize(self.data_config["mean"], self.data_config["std"]), self.model).eval()
+
     def transform(self):
         """The evaluation preprocessing of PIL images: resize, centre crop, to tensor, normalise."""
         import timm.data
@@ -203,3 +209,13 @@ def create_backbone(name: str, weights: str = "hub", num_classes: int | None = N
     model.eval()
     data_config = timm.data.resolve_model_data_config(model)
     return Backbone(name, model, source, state_digest(model), data_config)
+
+
+def class_names(num_classes: int) -> list[str]:
+    """ImageNet-1k's class names (the first synonym) for a 1000-way head, else "class <i>"."""
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i).split(",")[0] for i in range(1000)]
+    return [f"class {i}" for i in range(num_classes)]

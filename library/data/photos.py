@@ -121,3 +121,24 @@ def load_image_folder(path: str | Path) -> PhotoSet:
     folder = ImageFolder(str(path))
     return PhotoSet(f"folder:{path.name}", tuple(p for p, _ in folder.samples), tuple(y for _, y in folder.samples),
                     tuple(folder.classes))
+
+
+def load_images(paths: list[str] | tuple[str, ...], transform: Callable) -> torch.Tensor:
+    """Image files through `transform` (PIL RGB in, C×H×W tensor out), stacked; a missing file is named."""
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"image file(s) not found: {', '.join(map(str, missing))}")
+    out = []
+    for path in paths:
+        with Image.open(path) as image:
+            out.append(transform(image.convert("RGB")))
+    return torch.stack(out)
+
+
+def load_rgb(paths: list[str] | tuple[str, ...], size: tuple[int, int]) -> torch.Tensor:
+    """Images as B×3×H×W float tensors in [0, 1]: the shorter side resized to fit `size`, then centre-cropped,
+    not normalised (models and attacks work in pixel space; models normalise inside)."""
+    from torchvision.transforms import functional as TF
+
+    return load_images(paths, lambda image: TF.to_tensor(TF.center_crop(TF.resize(image, min(size), antialias=True),
+                                                                         list(size))))

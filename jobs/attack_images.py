@@ -1,0 +1,193 @@
+"""Targeted adversarial images for a pretrained ImageNet classifier (D1, D2, D7, D8).
+
+    python jobs/attack_images.py --images=[../shared/data/images/peppers.png]     # → space shuttle and 3 more
+    python jobs/attack_images.py --images=[a.jpg,b.jpg] --targets=[812,76] --eps_255=4
+    python jobs/attack_images.py --smoke-test
+
+D1: the seed's attack, X' ← X' + λ ∂P(target|X')/∂X' clipped to X ± ε, and D7's momentum/margin attack at the
+same budget; the 4×3 figure per attack (original with class and probability, the noise amplified to the full
+range, the adversarial image with class and probability). D2: each adversarial image flipped, cropped to 80%,
+rotated 30° and turned grey, attacked without and with EOT (expectation over those transformations): does the
+target survive? D8: class maximisation (tarantula 76, tiger cat 282 by default) from a grey image, with the
+top-5 probabilities. Images are attacked in pixel space at the model's input size (its normalisation inside).
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from library import tracking  # noqa: E402
+from library.attacks import EOT, MomentumMargin, ProbabilityAscent  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.config import ConfigError  # noqa: E402
+from library.backbones import class_names  # noqa: E402
+from library.data.photos import load_rgb  # noqa: E402
+from library.features import LITE0, BackboneSpec  # noqa: E402
+from library.image_transforms import D2_TRANSFORMS  # noqa: E402
+from library.plots import map_grid_figure  # noqa: E402
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    backbone: str = LITE0  # a timm ImageNet classifier, optionally @weights
+    images: tuple[str, ...] = ()  # one image: attacked toward every target; else one target per image
+    targets: tuple[int, ...] = (812, 76, 282, 263)  # space shuttle, tarantula, tiger cat, Pembroke corgi
+    eps_255: float = 8.0  # the L∞ budget, in 1/255
+    steps: int = 50  # backward passes per image (both attacks)
+    lr: float = 100.0  # D1's λ: the gradient of a probability near 0 is tiny, so λ is large
+    eot_samples: int = 8  # transformed copies per EOT gradient
+    maximise: tuple[int, ...] = (76, 282)  # D8's classes; empty: skip
+    maximise_steps: int = 200
+    experiment: str = "attack_images"
+    smoke_test: bool = False
+
+    def __post_init__(self):
+        if self.eps_255 <= 0 or self.steps < 1:
+            raise ConfigError("eps_255 must be positive and steps at least 1")
+
+
+SMOKE = {"backbone": "tf_efficientnet_lite0@none", "targets": [812, 76], "steps": 3, "eot_samples": 2,
+         "maximise": [76], "maximise_steps": 3, "experiment": "attack_images_smoke"}
+
+
+def smoke_image() -> str:
+    yy, xx = np.mgrid[0:180, 0:240]
+    image = np.stack([xx / 240 * 255, yy / 180 * 255, np.full_like(xx, 128.0)], axis=-1).astype(np.uint8)
+    path = Path(tempfile.mkdtemp()) / "smoke_gradient.png"
+    Image.fromarray(image).save(path)
+    return str(path)
+
+
+def describe(probabilities: torch.Tensor, names: list[str], target: int | None = None) -> str:
+    p, k = probabilities.max(0)
+    text = f"{names[int(k)]} {float(p):.2f}"
+    return text + (f"\n(target {names[target]}: {float(probabilities[target]):.2f})" if target is not None else "")
+
+
+def four_by_three(x, adv, probs_x, probs_adv, targets, names, eps, title) -> Figure:
+    rows = []
+    for i in range(len(x)):
+        noise = ((adv[i] - x[i]) / (2 * eps) + 0.5).clamp(0, 1)  # δ amplified: −ε → 0, 0 → grey, +ε → 1
+        rows.append((f"→ {names[int(targets[i])]}", [
+            (f"original: {describe(probs_x[i], names)}", x[i].permute(1, 2, 0).numpy()),
+            (f"noise ×{0.5 / eps:.0f}", noise.permute(1, 2, 0).numpy()),
+            (f"adversarial: {describe(probs_adv[i], names, int(targets[i]))}", adv[i].permute(1, 2, 0).numpy())]))
+    return map_grid_figure(rows, title)
+
+
+@torch.no_grad()
+def transform_table(model, adv: torch.Tensor, targets: torch.Tensor, names: list[str], variant: str) -> list[dict]:
+    rows = []
+    for name, transform in {"none": lambda x, g=None: x, **D2_TRANSFORMS}.items():
+        probabilities = model(transform(adv)).softmax(1)
+        for i, target in enumerate(targets.tolist()):
+            rows.append({"attack": variant, "transform": name, "image": i, "target": names[target],
+                         "target_prob": float(probabilities[i, target]), "top1": names[int(probabilities[i].argmax())],
+                         "survives": bool(probabilities[i].argmax() == target)})
+    return rows
+
+
+def maximise_class(model, classes: list[int], steps: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """D8: gradient ascent on each class's logit from a grey image, with an L2 pull to grey and random jitter
+    (shifts of up to 8 px) so the image does not collapse into high-frequency noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = (0.5 + 0.02 * torch.randn(len(classes), 3, *size, generator=g)).requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=0.02)
+    target = torch.tensor(classes)
+    for _ in range(steps):
+        dy, dx = (int(v) for v in torch.randint(-8, 9, (2,), generator=g))
+        logits = model(torch.roll(x, (dy, dx), dims=(2, 3)))
+        loss = -logits.gather(1, target[:, None]).sum() + 1e-3 * (x - 0.5).square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+    return x.detach()
+
+
+def top5_figure(images: torch.Tensor, probabilities: torch.Tensor, classes: list[int], names: list[str]) -> Figure:
+    fig = Figure(figsize=(9, 3.2 * len(classes)))
+    for i, cls in enumerate(classes):
+        ax = fig.add_subplot(len(classes), 2, 2 * i + 1)
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        ax.set_axis_off()
+        ax.set_title(f"maximising {names[cls]}", fontsize=9)
+        ax = fig.add_subplot(len(classes), 2, 2 * i + 2)
+        top = probabilities[i].topk(5)
+        ax.barh(range(5)[::-1], top.values.numpy())
+        ax.set_yticks(range(5)[::-1], [names[int(k)] for k in top.indices])
+        ax.set_xlim(0, 1)
+        ax.set_title("top-5 probabilities", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def main(cfg: JobConfig) -> dict:
+    paths = cfg.images or ((smoke_image(),) if cfg.smoke_test else ())
+    if not paths:
+        raise ConfigError("pass the images to attack: --images=[path/to/photo.jpg,...]")
+    if len(paths) > 1 and len(paths) != len(cfg.targets):
+        raise ConfigError(f"{len(paths)} images need as many --targets (one per image), got {len(cfg.targets)}")
+    spec = BackboneSpec.parse(cfg.backbone)
+    uri = tracking.connect()
+    backbone = spec.load()
+    model = backbone.pixel_model()
+    size = tuple(backbone.data_config["input_size"][1:])
+    images = load_rgb(paths, size)
+    x = images.repeat(len(cfg.targets), 1, 1, 1) if len(paths) == 1 else images
+    targets = torch.tensor(cfg.targets)
+    names, eps = class_names(1000), cfg.eps_255 / 255
+    summary: dict = {}
+    with tracking.start_run(cfg.experiment, run_name=f"attack {spec.name}", config=cfg) as run:
+        with torch.no_grad():
+            clean = model(x).softmax(1)
+        eot_model = EOT(model, list(D2_TRANSFORMS.values()), samples=cfg.eot_samples)
+        attacks = {"d1_probability_ascent": ProbabilityAscent(model, eps, lr=cfg.lr, steps=cfg.steps),
+                   "d7_momentum_margin": MomentumMargin(model, eps, steps=cfg.steps, early_stop=False),
+                   "d2_eot_momentum_margin": MomentumMargin(eot_model, eps, steps=cfg.steps, early_stop=False)}
+        rows = []
+        for label, attack in attacks.items():
+            result = attack(x, targets, target=targets)
+            with torch.no_grad():
+                probabilities = model(result.images).softmax(1)  # judged by the plain model, not the EOT average
+            hit = probabilities.argmax(1) == targets
+            summary[label] = {"success": float(hit.float().mean()),
+                              "target_prob": [round(float(p), 4) for p in probabilities[torch.arange(len(x)), targets]]}
+            mlflow.log_metric(f"{label}.success_rate", summary[label]["success"])
+            mlflow.log_figure(four_by_three(x, result.images, clean, probabilities, targets, names, eps,
+                                            f"{label}: ε = {cfg.eps_255:g}/255, {cfg.steps} steps"), f"{label}.png")
+            rows += transform_table(model, result.images, targets, names, label)
+            print(f"{label}: target reached for {int(hit.sum())}/{len(x)} at ε = {cfg.eps_255:g}/255; "
+                  + ", ".join(f"{names[int(t)]} {p}" for t, p in zip(targets, summary[label]["target_prob"])))
+        table = pd.DataFrame(rows)
+        mlflow.log_text(table.to_csv(index=False), "d2_transforms.csv")
+        survival = table.groupby(["attack", "transform"], sort=False)["survives"].mean().unstack()
+        mlflow.log_text(survival.to_csv(), "d2_survival.csv")
+        print("\nD2: fraction of adversarial images still classified as their target after each transform:\n"
+              + survival.round(2).to_string())
+        if cfg.maximise:
+            best = maximise_class(model, list(cfg.maximise), cfg.maximise_steps, size)
+            with torch.no_grad():
+                probabilities = model(best).softmax(1)
+            mlflow.log_figure(top5_figure(best, probabilities, list(cfg.maximise), names), "d8_class_maximisation.png")
+            for cls, p in zip(cfg.maximise, probabilities):
+                mlflow.log_metric(f"d8.{cls}.prob", float(p[cls]))
+                print(f"D8: maximising {names[cls]} reaches probability {float(p[cls]):.3f}")
+    print(f"MLflow run {run.info.run_id} in experiment '{cfg.experiment}' at {uri}")
+    return {"run_id": run.info.run_id, **summary}
+
+
+if __name__ == "__main__":
+    run_job(main, JobConfig, smoke=SMOKE)
