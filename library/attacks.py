@@ -91,8 +91,13 @@ class _Batch:
                  images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """∂ loss / ∂ input for the active samples only (one backward pass each). Returns (index, gradient,
         logits) of the active samples; `loss_fn(logits, index)` gives their per-sample losses."""
-        index = self.active.nonzero().flatten()
-        inputs = (self.adv if images is None else images)[index].clone().requires_grad_(True)
+        source = self.adv if images is None else images
+        if self.active.all():  # no gather, no copy: a detached alias (the images change only after the backward)
+            index = torch.arange(len(source), device=source.device)
+            inputs = source.detach().requires_grad_(True)
+        else:
+            index = self.active.nonzero().flatten()
+            inputs = source[index].detach().requires_grad_(True)
         logits = self.attack.model(inputs)
         grad, = torch.autograd.grad(loss_fn(logits, index).sum(), inputs)
         self.passes[index] += 1
@@ -148,6 +153,8 @@ class PGD(Attack):
                 index, grad, logits = state.gradient(lambda lg, i: self.loss(lg, *_labels(state, i)))
                 state.adv[index] = self.project(state.adv[index] + self.alpha * grad.sign(), x[index])
                 state.retire_successes(index)
+            if self.restarts == 0:
+                return  # nothing to choose between
             improved = self._broken(state.adv, y, target) | (restart == 0)
             best[improved] = state.adv[improved]
         state.adv = best
@@ -162,12 +169,12 @@ class IterativeFGSM(Attack):
     at most `max_steps` steps; unbounded unless `eps` is finite. Budget: max_steps backward passes."""
 
     def __init__(self, model, step: float = 1 / 255, confidence: float = 0.99, max_steps: int = 200,
-                 eps: float = math.inf):
-        super().__init__(model, eps, early_stop=True, confidence=confidence)
+                 eps: float = math.inf, early_stop: bool = True):
+        super().__init__(model, eps, early_stop=early_stop, confidence=confidence)
         self.step, self.max_steps = step, max_steps
 
     def run(self, x, y, target, state):
-        state.retire_successes(torch.arange(len(x), device=x.device))
+        state.retire_successes(torch.arange(len(x), device=x.device))  # already there: nothing to do
         for _ in range(self.max_steps):
             if not state.active.any():
                 break
