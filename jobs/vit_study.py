@@ -39,8 +39,11 @@ class JobConfig(StudyJobConfig):
 
 DESCRIPTION = ("F1: a ViT (4x4 patches, learned positional embedding, 4 transformer blocks; timm's VisionTransformer) "
                "trained from scratch on CIFAR-10 beside the Mish CNN without and with BatchNorm, with the same data, "
-               "augmentation, optimiser and epochs. Without the convolution's locality and weight sharing the ViT "
-               "has to learn them from 45k images, and trails the CNNs at this scale.")
+               "augmentation, optimiser and epochs: accuracy and training time (accuracy_time.csv). The ViT lacks "
+               "the convolution's locality and weight sharing and must learn them from the data, so the comparison "
+               "depends on the budget: compare runs of the same epochs and training-set size.")
+
+
 MODELS = {"vit": "vit_cifar", "cnn": "mish_cnn", "cnn_bn": "mish_cnn_bn"}
 
 
