@@ -68,12 +68,11 @@ def main(cfg: JobConfig) -> dict:
         rows, client = [], mlflow.MlflowClient()
         for name, ref in refs.items():
             result = ray.get(ref)
-            child = client.create_run(parent.info.experiment_id, run_name=name,
-                                      tags=tracking.run_tags() | {"mlflow.parentRunId": parent.info.run_id})
-            tracking.log_rows(child.info.run_id, result["history"], "epoch")
+            child = tracking.create_child_run(parent, name)
+            tracking.log_rows(child, result["history"], "epoch")
             for key, value in result["test"].items():
-                client.log_metric(child.info.run_id, f"test_{key}", value)
-            client.set_terminated(child.info.run_id)
+                client.log_metric(child, f"test_{key}", value)
+            client.set_terminated(child)
             rows.append({"arm": name, "weights": spec.weights if arms[name] else "none", **result["test"],
                          "train_s": result["train_s"], "epochs": cfg.epochs})
             mlflow.log_metrics({f"{name}.test_{k}": v for k, v in result["test"].items()})

@@ -145,14 +145,12 @@ def main(cfg: JobConfig) -> dict:
         named = [(train.spec.name, result) for (train, _), result in zip(pairs, results)]
         rows = []
         for (name, result), (train, test) in zip(named, pairs):
-            child = mlflow.MlflowClient().create_run(
-                parent.info.experiment_id, run_name=name,
-                tags=tracking.run_tags() | {"mlflow.parentRunId": parent.info.run_id})
-            log_probe(child.info.run_id, name, result, test)
-            mlflow.MlflowClient().set_terminated(child.info.run_id)
+            child = tracking.create_child_run(parent, name)
+            log_probe(child, name, result, test)
+            mlflow.MlflowClient().set_terminated(child)
             rows.append({"backbone": name, "weights": train.spec.weights, "num_features": test.meta["num_features"],
                          "mean_per_class_acc": result.mean_per_class_acc, "acc": result.acc, "c": result.c,
-                         "features_cached": train.cache_hit and test.cache_hit, "run_id": child.info.run_id})
+                         "features_cached": train.cache_hit and test.cache_hit, "run_id": child})
             mlflow.log_metric(f"{name}.mean_per_class_acc", result.mean_per_class_acc)
             print(f"{name}: mean per-class accuracy {result.mean_per_class_acc:.4f}, accuracy {result.acc:.4f} "
                   f"(C = {result.c:g}, {len(test.photos)} test images)")

@@ -163,6 +163,13 @@ def find_or_create_run(experiment: str, match: Mapping[str, str], run_name: str 
     return client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id, True
 
 
+def create_child_run(parent: mlflow.entities.Run, run_name: str) -> str:
+    """A new run under `parent` (same experiment, provenance tags), not made active: for results a driver
+    records per unit of work while the parent run is active. Returns its id; end it with set_terminated."""
+    tags = run_tags() | {"mlflow.parentRunId": parent.info.run_id}
+    return mlflow.MlflowClient().create_run(parent.info.experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
 @contextlib.contextmanager
 def start_run(experiment: str, run_name: str | None = None, config: Any = None,
               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,

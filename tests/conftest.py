@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 import pickle
 import struct
 import sys
@@ -116,6 +117,14 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     while mlflow.active_run() is not None:
         mlflow.end_run()
     mlflow.set_tracking_uri(previous)
+
+
+def job_env(store: Path, data_root: Path | None = None) -> dict[str, str]:
+    """The environment a job subprocess runs in: this one, minus any RAY_ADDRESS (jobs start their own local
+    Ray), with the MLflow store in `store`, the data root if given, the hub offline (fail at once, no retries)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return env | ({"CV_DATA_ROOT": str(data_root)} if data_root is not None else {})
 
 
 def load_job(name: str):

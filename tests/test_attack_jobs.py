@@ -1,6 +1,5 @@
 """The per-image attack job (D1, D2, D7, D8) and the transfer job (D3, D4) end to end with --smoke-test, and the
 D2 transformations."""
-import os
 import subprocess
 import sys
 
@@ -8,15 +7,12 @@ import mlflow
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, job_env
 from library.image_transforms import D2_TRANSFORMS, crop80, rotate30
 
 
 def run(job: str, store, *args, data_root=None):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    if data_root:
-        env["CV_DATA_ROOT"] = str(data_root)
+    env = job_env(store, data_root)
     return subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--smoke-test", *args], cwd=store,
                           env=env, capture_output=True, text=True, timeout=600)
 

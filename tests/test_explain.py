@@ -1,6 +1,5 @@
 """C1/C2/E1/E2: top-k, feature maps, class activation maps and saliency, on registry and timm models; the
 inspect job end to end."""
-import os
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ import mlflow
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, job_env
 from library.backbones import create_backbone
 from library.explain import blend, class_activation_map, early_middle_late, saliency_map, top_k
 from library.models import create_model
@@ -67,8 +66,7 @@ def test_top_k_and_feature_maps(models):
 
 
 def test_inspect_job_logs_its_figures(tmp_path):
-    env = {k: v for k, v in os.environ.items()} | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                                   "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env = job_env(tmp_path)
     out = subprocess.run([sys.executable, str(REPO / "jobs" / "inspect_pretrained.py"), "--smoke-test"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

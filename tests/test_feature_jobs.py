@@ -1,6 +1,5 @@
 """Feature extraction and linear probes end to end: tiny Oxford-IIIT Pet in the real layout, random-init timm
 backbones (offline), a real local Ray for the shard tasks, a real MLflow store, the real feature cache."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, job_env
 from library.backbones import create_backbone, state_digest
 from library.data.photos import load_pets
 from library.features import BackboneSpec, cache_key, extract, plan_extractions
@@ -39,9 +38,7 @@ def test_cache_key_follows_weights_preprocessing_and_data(pets_root):
 
 
 def run(job: str, store: Path, data_root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "CV_DATA_ROOT": str(data_root),
-            "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env = job_env(store, data_root)
     cmd = [sys.executable, str(REPO / "jobs" / f"{job}.py"), f"--cache_dir={store / 'cache'}", "--ray_address=local",
            "--shards=2", "--batch_size=8", *args]
     return subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=600)

@@ -1,20 +1,17 @@
 """C5: the fine-tune-vs-scratch job end to end on tiny Oxford-IIIT Pet (real local Ray, real MLflow store)."""
-import os
 import subprocess
 import sys
 
 import mlflow
 import pytest
 
-from conftest import REPO
+from conftest import REPO, job_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_finetune_job_compares_pretrained_and_scratch(tmp_path, pets_root):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "CV_DATA_ROOT": str(pets_root),
-            "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env = job_env(tmp_path, pets_root)
     out = subprocess.run([sys.executable, str(REPO / "jobs" / "finetune_pretrained.py"), "--smoke-test",
                           "--ray_address=local"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -1,7 +1,6 @@
 """jobs/train_mnist_models.py end to end: models A and B trained as Ray tasks (a real local Ray, as a user runs
 the job), logged to a real MLflow store, registered, and loaded back by name."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, job_env
 from library import tracking
 from library.data.options import DataOptions, load_data
 from library.training import evaluate
@@ -19,8 +18,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def run_job(store, data_root, *args):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "PYTHONWARNINGS": "ignore"}
+    env = job_env(store)
     return subprocess.run([sys.executable, str(REPO / "jobs" / "train_mnist_models.py"), "--smoke-test",
                            f"--data_root={data_root}", "--val_size=50", "--ray_address=local", *args],
                           cwd=store, env=env, capture_output=True, text=True, timeout=600)
@@ -73,8 +71,7 @@ def test_an_unknown_model_fails_before_ray_starts(tmp_path, mnist_root):
 
 def test_eps_sweep_attacks_the_registered_models_with_robust_flags(trained, mnist_root):
     store, _ = trained
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "PYTHONWARNINGS": "ignore"}
+    env = job_env(store)
     out = subprocess.run([sys.executable, str(REPO / "jobs" / "eps_sweep.py"), "--smoke-test",
                           "--models=[registered:mnist_a,registered:mnist_b:1]", f"--data_root={mnist_root}",
                           "--eps_255=[4,8,16,32]", "--ray_address=local"],

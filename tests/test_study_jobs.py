@@ -1,7 +1,6 @@
 """The study jobs (A1/A2 + A10a, A10b, A4, A5–A8, F1) end to end with --smoke-test: a real local Ray, a real
 MLflow store, tiny CIFAR-10 in the real layout. Each job runs as a subprocess, as a user runs it."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import REPO, execute_notebook, load_job
+from conftest import REPO, execute_notebook, job_env, load_job
 from library.cli import run_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -27,9 +26,7 @@ COMMON = ["results.csv", "results.json", "summary.csv", "summary.json", "train_l
 
 
 def run_study(job: str, store: Path, data_root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "CV_DATA_ROOT": str(data_root),
-            "PYTHONWARNINGS": "ignore"}
+    env = job_env(store, data_root)
     cmd = [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--smoke-test", f"--name={job}_test",
            f"--storage_path={store / 'ray'}", "--ray_address=local", *args]
     return subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=900)

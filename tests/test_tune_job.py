@@ -1,7 +1,6 @@
 """jobs/tune_cnn.py end to end: a real local Ray, a real MLflow store, tiny CIFAR-10 in the real layout.
 
 The job runs as a subprocess, as a user runs it, so each run starts and stops its own Ray."""
-import os
 import signal
 import subprocess
 import sys
@@ -11,15 +10,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import REPO, execute_notebook
+from conftest import REPO, execute_notebook, job_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def tune_env(store: Path, data_root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return env | {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "CV_DATA_ROOT": str(data_root),
-                  "PYTHONWARNINGS": "ignore"}
+    return job_env(store, data_root)
 
 
 def tune_cmd(store: Path, name: str, *args: str) -> list[str]:
