@@ -87,11 +87,11 @@ class _Batch:
         self.passes = torch.zeros(len(x), dtype=torch.long, device=x.device)
         self.active = torch.ones(len(x), dtype=torch.bool, device=x.device)
 
-    def gradient(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def gradient(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """∂ loss / ∂ input for the active samples only (one backward pass each). Returns (index, gradient,
         logits) of the active samples; `loss_fn(logits, index)` gives their per-sample losses."""
-        source = self.adv if images is None else images
+        source = self.adv
         if self.active.all():  # no gather, no copy: a detached alias (the images change only after the backward)
             index = torch.arange(len(source), device=source.device)
             inputs = source.detach().requires_grad_(True)
@@ -103,12 +103,12 @@ class _Batch:
         self.passes[index] += 1
         return index, grad, logits.detach()
 
-    def retire_successes(self, index: torch.Tensor, logits: torch.Tensor | None = None) -> None:
+    def retire_successes(self, index: torch.Tensor) -> None:
         """With early stopping, drop the samples (of `index`) whose current images already succeed."""
         if not self.attack.early_stop or len(index) == 0:
             return
         with torch.no_grad():
-            probabilities = self.attack.model(self.adv[index]).softmax(1) if logits is None else logits.softmax(1)
+            probabilities = self.attack.model(self.adv[index]).softmax(1)
         target = self.target[index] if self.target is not None else None
         done = self.attack.succeeded(probabilities, self.y[index], target)
         self.active[index[done]] = False

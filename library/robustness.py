@@ -3,14 +3,14 @@
 An ε-sweep runs ε in increasing order and attacks, at each ε, only the images still standing (classified
 correctly, or for a targeted attack not yet pushed to the target, at every smaller ε). An image broken at ε is
 counted broken at every larger ε, so the curve is monotone by construction, and the work at large ε shrinks
-to the images that resist: `SweepRows` records how many were attacked and how many backward passes it cost.
+to the images that resist: each row records how many were attacked and how many backward passes it cost.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,13 +60,6 @@ class AttackSpec:
 
     def targets(self, labels: torch.Tensor, classes: int) -> torch.Tensor | None:
         return (labels + self.target_shift) % classes if self.targeted or self.name == "probability_ascent" else None
-
-
-@dataclass
-class SweepRows:
-    """Per ε of one (model, attack, shard): counts, and the work it took."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def standing_at_start(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
