@@ -4,6 +4,8 @@
     python jobs/tune_cnn.py --smoke-test                       # 3 tiny trials, well under a minute on a CPU
     python jobs/tune_cnn.py --space.kernel='[3]' --space.lr='(1e-3, 3e-2, "log")' --num_samples=50
     python jobs/tune_cnn.py --search=random --scheduler=fifo
+    python jobs/tune_cnn.py --adv_eps_255=8 --metric=val_robust_acc  # D10: PGD adversarial training, ranked by
+                                                               # accuracy under PGD at 8/255 (val_robust_acc)
     ray job submit --working-dir . -- python jobs/tune_cnn.py  # on a cluster (see cluster.yaml)
 
 Trials tune on the validation split only. When the sweep ends, the best configuration is retrained on the
@@ -65,35 +67,38 @@ DESCRIPTION = ("A3: architecture + hyper-parameter search for the improved CIFAR
                "validation accuracy; the best configuration is retrained on train+val and tested once.")
 
 
-def log_report(parent: str, space: SearchSpace) -> Any:
-    """Leaderboard, importances, learning curves and accuracy-vs-parameter plots, into the parent run."""
+def log_report(parent: str, space: SearchSpace, metric: str) -> Any:
+    """Leaderboard, importances, learning curves and accuracy-vs-parameter plots (of the sweep's `metric`),
+    into the parent run."""
     client = mlflow.MlflowClient()
-    table = sweep_report.leaderboard(parent)
+    table = sweep_report.leaderboard(parent, metric)
     names = [d.name for d in space.searched]
     # log_dict/log_text overwrite; log_table would append rows to a leaderboard an interrupted run logged before
     client.log_dict(parent, json.loads(table.to_json(orient="records")), "leaderboard.json")
     client.log_text(parent, table.to_csv(index=False), "leaderboard.csv")
-    client.log_figure(parent, sweep_report.importance_figure(sweep_report.importances(table, space.spec)),
-                      "parameter_importance.png")
-    client.log_figure(parent, sweep_report.curves_figure(sweep_report.learning_curves(parent)), "learning_curves.png")
-    client.log_figure(parent, sweep_report.accuracy_vs_parameter_figure(table, names), "accuracy_vs_parameters.png")
+    client.log_figure(parent, sweep_report.importance_figure(sweep_report.importances(table, space.spec, metric),
+                                                             metric), "parameter_importance.png")
+    client.log_figure(parent, sweep_report.curves_figure(sweep_report.learning_curves(parent, metric), metric),
+                      "learning_curves.png")
+    client.log_figure(parent, sweep_report.accuracy_vs_parameter_figure(table, names, metric),
+                      "accuracy_vs_parameters.png")
     return table
 
 
-def log_final(parent: str, best_cfg: TrainConfig, cfg: JobConfig) -> float:
+def log_final(parent: str, best_cfg: TrainConfig, cfg: JobConfig) -> dict[str, float]:
     """Retrain the best configuration on the whole training set (train+val, uncapped), test it once; log the
     result into the parent run."""
     # trials may tune on a capped subset (train_size); the final fit uses the whole training set
     full = load_data(dataclasses.replace(cfg, train_size=cfg.final_train_size))
     fit = final_fit(best_cfg, full, cfg)
     log_fit(fit, parent, "best configuration, final fit on train+val", prefix="final")
-    return fit.test["acc"]
+    return fit.test
 
 
 def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> dict:
     """Everything after the trials, once: the report, the best configuration, its final fit and test."""
     client = mlflow.MlflowClient()
-    table = log_report(parent, space)
+    table = log_report(parent, space, cfg.metric)
     if table.empty:
         raise RuntimeError(f"no trial reported a result ({errors} errored); see the Tune log in {cfg.experiment_path()}")
     best = table.iloc[0]
@@ -104,16 +109,17 @@ def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> di
     logged = client.get_run(parent).data.metrics  # non-empty if an earlier run died part-way through this
     client.set_tag(parent, "best_trial", best["trial"])
     tracking.log_config(best_point, run_id=parent, prefix="best.")
-    if "best_val_acc" not in logged:
-        client.log_metric(parent, "best_val_acc", float(best["val_acc"]))
+    if f"best_{cfg.metric}" not in logged:
+        client.log_metric(parent, f"best_{cfg.metric}", float(best[cfg.metric]))
     client.log_text(parent, f"{best_cfg.model}: {best_cfg.model_kw}\n{best_cfg}\n", "best_config.txt")
-    print(f"\n{len(table)} trials ({errors} errored); best {best['trial']}: val acc {best['val_acc']:.4f} with "
+    print(f"\n{len(table)} trials ({errors} errored); best {best['trial']}: {cfg.metric} {best[cfg.metric]:.4f} with "
           f"{sweep_report.describe_best(best, [d.name for d in space.searched])}")
     if cfg.retrain and "test_acc" not in logged:  # the test set is evaluated once, ever
-        test_acc = log_final(parent, best_cfg, cfg)
-        print(f"best configuration retrained on the whole training set: test accuracy {test_acc:.4f}")
+        test = log_final(parent, best_cfg, cfg)
+        robust = f", under PGD at {best_cfg.robust_eps * 255:g}/255 {test['robust_acc']:.4f}" if "robust_acc" in test else ""
+        print(f"best configuration retrained on the whole training set: test accuracy {test['acc']:.4f}{robust}")
     client.set_tag(parent, "sweep_complete", "true")
-    return {"trials": len(table), "best_trial": best["trial"], "best_val_acc": float(best["val_acc"]),
+    return {"trials": len(table), "best_trial": best["trial"], f"best_{cfg.metric}": float(best[cfg.metric]),
             "best_config": best_point}
 
 
@@ -134,14 +140,17 @@ def main(cfg: JobConfig) -> dict:
     client = mlflow.MlflowClient()
     run = client.get_run(parent)
     if run.data.tags.get("sweep_complete") == "true":  # concluded by an earlier run of this command
-        print(f"\nthis sweep is complete already: best {run.data.tags.get('best_trial')}, val acc "
-              f"{run.data.metrics.get('best_val_acc', float('nan')):.4f}, test accuracy "
+        print(f"\nthis sweep is complete already: best {run.data.tags.get('best_trial')}, {cfg.metric} "
+              f"{run.data.metrics.get(f'best_{cfg.metric}', float('nan')):.4f}, test accuracy "
               f"{run.data.metrics.get('test_acc', float('nan')):.4f} (the test set is used once)")
-        summary = {"best_trial": run.data.tags.get("best_trial"), "best_val_acc": run.data.metrics.get("best_val_acc")}
+        summary = {"best_trial": run.data.tags.get("best_trial"),
+                   f"best_{cfg.metric}": run.data.metrics.get(f"best_{cfg.metric}")}
     else:
         summary = conclude(parent, space, cfg, outcome.results.num_errors)
     client.set_terminated(parent, "FINISHED")
-    summary |= {"parent_run_id": parent, "test_acc": client.get_run(parent).data.metrics.get("test_acc")}
+    metrics = client.get_run(parent).data.metrics
+    summary |= {"parent_run_id": parent, "test_acc": metrics.get("test_acc"),
+                "test_robust_acc": metrics.get("test_robust_acc")}
     print(f"MLflow parent run {parent} in experiment '{cfg.name}' at {uri}; Tune state in {cfg.experiment_path()}")
     return summary
 

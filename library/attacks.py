@@ -13,7 +13,7 @@ to), so the images still standing get all the compute. The budget is the number 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -21,14 +21,35 @@ import torch.nn.functional as F
 from torch import nn
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Index = torch.Tensor | slice  # which samples of the batch a step works on
 
 
-@dataclass
 class AttackResult:
-    images: torch.Tensor  # the adversarial images, B×C×H×W in [0, 1]
-    success: torch.Tensor  # B bools: misclassified (untargeted) / classified as the target (targeted)
-    backward_passes: torch.Tensor  # B ints: gradient computations spent on each sample
-    probabilities: torch.Tensor  # B×K softmax of the final images
+    """The adversarial images and the passes each cost. The model's verdict on them (`probabilities`,
+    `success`) is one more forward pass, made on first use only: a caller that needs just the images (adversarial
+    training, a transfer set) does not pay for it."""
+
+    def __init__(self, attack: "Attack", images: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                 backward_passes: torch.Tensor):
+        self.images = images  # the adversarial images, B×C×H×W in [0, 1]
+        self.backward_passes = backward_passes  # B ints: gradient computations spent on each sample
+        self._attack, self._y, self._target = attack, y, target
+
+    @cached_property
+    def probabilities(self) -> torch.Tensor:
+        """B×K softmax of the model on the final images (in eval mode; the model's mode is restored)."""
+        model = self._attack.model
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                return model.eval()(self.images).softmax(1)
+        finally:
+            model.train(was_training)
+
+    @cached_property
+    def success(self) -> torch.Tensor:
+        """B bools: misclassified (untargeted) / classified as the target (targeted)."""
+        return self._attack.succeeded(self.probabilities, self._y, self._target)
 
     @property
     def success_rate(self) -> float:
@@ -55,10 +76,7 @@ class Attack:
             x = x.detach()
             state = _Batch(self, x, y, target)
             self.run(x, y, target, state)
-            with torch.no_grad():
-                probabilities = self.model(state.adv).softmax(1)
-            return AttackResult(state.adv.detach(), self.succeeded(probabilities, y, target), state.passes,
-                                probabilities)
+            return AttackResult(self, state.adv.detach(), y, target, state.passes)
         finally:
             self.model.train(was_training)
 
@@ -87,14 +105,14 @@ class _Batch:
         self.passes = torch.zeros(len(x), dtype=torch.long, device=x.device)
         self.active = torch.ones(len(x), dtype=torch.bool, device=x.device)
 
-    def gradient(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def gradient(self, loss_fn: Callable[[torch.Tensor, Index], torch.Tensor]) -> tuple[Index, torch.Tensor, torch.Tensor]:
         """∂ loss / ∂ input for the active samples only (one backward pass each). Returns (index, gradient,
-        logits) of the active samples; `loss_fn(logits, index)` gives their per-sample losses."""
+        logits) of the active samples, the index a slice when all are active; `loss_fn(logits, index)` gives
+        their per-sample losses."""
         source = self.adv
-        if self.active.all():  # no gather, no copy: a detached alias (the images change only after the backward)
-            index = torch.arange(len(source), device=source.device)
-            inputs = source.detach().requires_grad_(True)
+        if self.active.all():  # a slice, not an index: no gather or scatter of the whole batch every step
+            index = slice(None)
+            inputs = source.detach().requires_grad_(True)  # an alias: the images change only after the backward
         else:
             index = self.active.nonzero().flatten()
             inputs = source[index].detach().requires_grad_(True)
@@ -103,8 +121,10 @@ class _Batch:
         self.passes[index] += 1
         return index, grad, logits.detach()
 
-    def retire_successes(self, index: torch.Tensor) -> None:
+    def retire_successes(self, index: Index) -> None:
         """With early stopping, drop the samples (of `index`) whose current images already succeed."""
+        if isinstance(index, slice):
+            index = torch.arange(len(self.x), device=self.x.device)[index]
         if not self.attack.early_stop or len(index) == 0:
             return
         with torch.no_grad():
@@ -114,7 +134,7 @@ class _Batch:
         self.active[index[done]] = False
 
 
-def _labels(state: _Batch, index: torch.Tensor):
+def _labels(state: _Batch, index: Index):
     return state.y[index], (state.target[index] if state.target is not None else None)
 
 
@@ -132,12 +152,14 @@ class PGD(Attack):
     budget again on the samples not yet broken). Budget: steps × (1 + restarts) backward passes."""
 
     def __init__(self, model, eps, alpha: float, steps: int, random_start: bool = True, restarts: int = 0,
-                 early_stop: bool = True, confidence: float = 0.0, seed: int = 0):
+                 early_stop: bool = True, confidence: float = 0.0, seed: int = 0,
+                 generator: torch.Generator | None = None):
         super().__init__(model, eps, early_stop, confidence)
-        self.alpha, self.steps, self.random_start, self.restarts, self.seed = alpha, steps, random_start, restarts, seed
+        self.alpha, self.steps, self.random_start, self.restarts = alpha, steps, random_start, restarts
+        self.seed, self.generator = seed, generator  # a generator: a new start every call (adversarial training)
 
     def run(self, x, y, target, state):
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        generator = self.generator or torch.Generator(device=x.device).manual_seed(self.seed)
         best = x.clone()
         for restart in range(self.restarts + 1):
             state.active = ~self._broken(best, y, target) if restart else torch.ones_like(state.active)

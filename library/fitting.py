@@ -20,7 +20,7 @@ from .data import ImageData
 from .models import create_model, first_conv
 from .ray_runtime import use_assigned_cpus
 from .plots import filter_grid_figure, training_curves_figure
-from .training import EpochCallback, TrainConfig, evaluate, model_options, train
+from .training import EpochCallback, TrainConfig, evaluate, model_options, robust_accuracy, train
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Fit:
     model: str
     model_kw: dict[str, Any]
     history: list[dict[str, float]]
-    test: dict[str, float]  # loss, acc: the one evaluation on the test set
+    test: dict[str, float]  # loss, acc (and robust_acc with a robust radius): the one evaluation on the test set
     state_dict: dict[str, torch.Tensor]  # on the CPU
     init: str = ""
     steps: list[dict[str, float]] = field(default_factory=list)  # per-iteration rows (TrainConfig.log_steps)
@@ -44,6 +44,8 @@ class Fit:
 def fit_and_test(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = None) -> Fit:
     result = train(cfg, data, on_epoch=on_epoch)
     test = evaluate(result.model, data.test, cfg.eval_batch_size, cfg.amp)
+    if cfg.robust_eps:
+        test["robust_acc"] = robust_accuracy(result.model, data.test, cfg)
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     return Fit(cfg.model, model_options(cfg, data), result.history, test, state,
                getattr(result.model, "init_scheme", ""), result.steps)
@@ -81,8 +83,8 @@ def log_fit(fit: Fit, run_id: str, title: str, prefix: str = "", epochs: bool = 
     if epochs:
         tracking.log_rows(run_id, fit.history, "epoch", prefix=f"{prefix}." if prefix else "")
     tracking.log_rows(run_id, fit.steps, "step", prefix=f"{prefix}.step." if prefix else "step.")
-    client.log_metric(run_id, "test_acc", fit.test["acc"])
-    client.log_metric(run_id, "test_loss", fit.test["loss"])
+    for key, value in fit.test.items():
+        client.log_metric(run_id, f"test_{key}", value)
     model = fit.build()
     client.log_param(run_id, metric.format("model.parameters"), sum(p.numel() for p in model.parameters()))
     if fit.init:

@@ -37,9 +37,10 @@ def _value(text: str) -> Any:
         return text
 
 
-def leaderboard(parent_run_id: str) -> pd.DataFrame:
-    """One row per trial, best last validation accuracy first: the trial's searched values, its final metrics,
-    how many epochs it ran (fewer than budgeted when ASHA stopped it) and its run status."""
+def leaderboard(parent_run_id: str, metric: str = "val_acc") -> pd.DataFrame:
+    """One row per trial, best last `metric` (the sweep's: val_acc or val_robust_acc) first: the trial's
+    searched values, its final metrics, how many epochs it ran (fewer than budgeted when ASHA stopped it) and
+    its run status."""
     runs = child_runs(parent_run_id)
     client = mlflow.MlflowClient()
     rows = []
@@ -49,6 +50,8 @@ def leaderboard(parent_run_id: str) -> pd.DataFrame:
                "epochs_run": max((m.step for m in history), default=0),
                "val_acc": run.get("metrics.val_acc", math.nan), "val_loss": run.get("metrics.val_loss", math.nan),
                "train_loss": run.get("metrics.train_loss", math.nan)}
+        if "metrics.val_robust_acc" in runs.columns:
+            row["val_robust_acc"] = run.get("metrics.val_robust_acc", math.nan)
         for column in runs.columns:
             if column.startswith(f"params.{SPACE_PARAM_PREFIX}"):
                 row[column[len(f"params.{SPACE_PARAM_PREFIX}"):]] = _value(run[column]) if isinstance(run[column], str) else run[column]
@@ -56,7 +59,7 @@ def leaderboard(parent_run_id: str) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    return table.sort_values("val_acc", ascending=False, na_position="last").reset_index(drop=True)
+    return table.sort_values(metric, ascending=False, na_position="last").reset_index(drop=True)
 
 
 def learning_curves(parent_run_id: str, metric: str = "val_acc") -> dict[str, pd.Series]:
@@ -70,23 +73,23 @@ def learning_curves(parent_run_id: str, metric: str = "val_acc") -> dict[str, pd
     return curves
 
 
-def importances(table: pd.DataFrame, spec: dict[str, Any]) -> pd.Series:
-    """How much each searched parameter mattered to validation accuracy (Optuna's PED-ANOVA on the finished
-    trials, whatever searcher produced them). Empty when there are too few trials to say."""
+def importances(table: pd.DataFrame, spec: dict[str, Any], metric: str = "val_acc") -> pd.Series:
+    """How much each searched parameter mattered to `metric` (Optuna's PED-ANOVA on the finished trials,
+    whatever searcher produced them). Empty when there are too few trials to say."""
     import optuna
 
     from .search_space import dimension, optuna_distributions
 
     dims = [dimension(name, value) for name, value in spec.items() if name in table.columns]
     dists = optuna_distributions(dims)
-    done = table.dropna(subset=["val_acc"])
+    done = table.dropna(subset=[metric])
     if len(done) < 4 or not dists:
         return pd.Series(dtype=float)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for _, row in done.iterrows():
         params = {n: row[n].item() if hasattr(row[n], "item") else row[n] for n in dists}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row["val_acc"])))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[metric])))
     try:
         scores = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
@@ -95,7 +98,7 @@ def importances(table: pd.DataFrame, spec: dict[str, Any]) -> pd.Series:
     return pd.Series(scores, dtype=float).sort_values(ascending=False)
 
 
-def importance_figure(scores: pd.Series) -> Figure:
+def importance_figure(scores: pd.Series, metric: str = "val_acc") -> Figure:
     fig = Figure(figsize=(6, 0.4 * max(3, len(scores)) + 1))
     ax = fig.add_subplot()
     if scores.empty:
@@ -103,7 +106,7 @@ def importance_figure(scores: pd.Series) -> Figure:
         ax.set_axis_off()
     else:
         ax.barh(scores.index[::-1], scores.values[::-1])
-        ax.set_xlabel("importance for validation accuracy (PED-ANOVA)")
+        ax.set_xlabel(f"importance for {metric} (PED-ANOVA)")
     fig.tight_layout()
     return fig
 
@@ -127,8 +130,8 @@ def curves_figure(curves: dict[str, pd.Series], metric: str = "val_acc", highlig
     return fig
 
 
-def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str]) -> Figure:
-    """Validation accuracy against each searched parameter (log axis for positive ranges spanning 10×)."""
+def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str], metric: str = "val_acc") -> Figure:
+    """`metric` against each searched parameter (log axis for positive ranges spanning 10×)."""
     names = [n for n in names if n in table.columns]
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
@@ -137,16 +140,16 @@ def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str]) -> Figur
         ax = fig.add_subplot(rows, cols, i + 1)
         x = table[name]
         if pd.api.types.is_numeric_dtype(x) and x.nunique() > 4:
-            ax.scatter(x, table["val_acc"], s=14)
+            ax.scatter(x, table[metric], s=14)
             if (x > 0).all() and x.max() / x.min() >= 10:
                 ax.set_xscale("log")
         else:
             labels = [str(v) for v in x]
             order = sorted(set(labels))
-            ax.scatter([order.index(v) for v in labels], table["val_acc"], s=14)
+            ax.scatter([order.index(v) for v in labels], table[metric], s=14)
             ax.set_xticks(range(len(order)), order)
         ax.set_title(name)
-        ax.set_ylabel("val_acc")
+        ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attacks import PGD
 from .config import ConfigError, project
 from .data import Augment, DeviceLoader, ImageData, ImageSet
 from .models import create_model, model_kwargs
@@ -52,6 +53,14 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format on CUDA; ignored on the CPU
     log_steps: bool = False  # also record every iteration: training loss, batch accuracy and G = max|dL/dw| of
     # the first and last conv layers (A6), read from gradient hooks
+    adv_eps_255: float = 0.0  # PGD adversarial training (D10, Madry et al. 2018): train on L∞ PGD images of this
+    # radius, in pixel levels (8 = 8/255); 0 = standard training
+    adv_steps: int = 7  # PGD iterations per training batch (each one forward + backward more per step)
+    adv_step_ratio: float = 0.25  # PGD step size / ε
+    robust_eps_255: float = 0.0  # also report val_robust_acc, the validation accuracy under PGD (adv_steps,
+    # random start) at this radius; 0 = adv_eps_255 (neither: not reported)
+    robust_images: int = 512  # images attacked for that accuracy (the first ones): of the validation split each
+    # epoch, and of the test set once by a final fit
 
     def __post_init__(self):
         checks = {
@@ -67,6 +76,11 @@ class TrainConfig:
             "crop_pad": self.crop_pad >= 0,
             "crop_scale_min": 0 < self.crop_scale_min <= 1,
             "cutout": self.cutout >= 0,
+            "adv_eps_255": 0 <= self.adv_eps_255 <= 255,
+            "adv_steps": self.adv_steps >= 1,
+            "adv_step_ratio": self.adv_step_ratio > 0,
+            "robust_eps_255": 0 <= self.robust_eps_255 <= 255,
+            "robust_images": self.robust_images >= 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -74,6 +88,20 @@ class TrainConfig:
 
     def augment(self) -> Augment:
         return Augment(self.crop, self.crop_pad, self.crop_scale_min, self.flip, self.cutout)
+
+    @property
+    def robust_eps(self) -> float:
+        """The radius val_robust_acc is measured at, in [0, 1] units; 0 = not measured."""
+        return (self.robust_eps_255 or self.adv_eps_255) / 255
+
+    def adversary(self, model: nn.Module, generator: torch.Generator) -> PGD | None:
+        """The PGD attack that makes the training batches (a fresh random start per batch from `generator`,
+        which the checkpoint carries), or None for standard training."""
+        if not self.adv_eps_255:
+            return None
+        eps = self.adv_eps_255 / 255
+        return PGD(model, eps, alpha=self.adv_step_ratio * eps, steps=self.adv_steps, early_stop=False,
+                   generator=generator)
 
     def budget(self, steps_per_epoch: int) -> tuple[int, int]:
         """(epochs, optimiser steps) of the whole run, for an epoch of `steps_per_epoch` batches."""
@@ -173,6 +201,21 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1024, amp: bool
     return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
 
 
+def robust_accuracy(model: nn.Module, data: ImageSet, cfg: TrainConfig) -> float:
+    """Accuracy on PGD images (radius `cfg.robust_eps`, `cfg.adv_steps` steps from a seeded random start) of the
+    first `cfg.robust_images` images of `data`; the model's mode is restored."""
+    device = next(model.parameters()).device
+    eps = cfg.robust_eps
+    attack = PGD(model, eps, alpha=cfg.adv_step_ratio * eps, steps=cfg.adv_steps, seed=cfg.seed)
+    n = cfg.robust_images
+    subset = ImageSet(data.images[:n], data.labels[:n]).to(device)
+    correct = 0
+    for x, y in DeviceLoader(subset, cfg.eval_batch_size):
+        with _autocast(device, cfg.amp):
+            correct += int((attack(x, y).probabilities.argmax(1) == y).sum())
+    return correct / max(1, len(subset))
+
+
 @dataclass
 class TrainState:
     """Everything needed to continue a run exactly where it stopped."""
@@ -228,8 +271,9 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
           resume: dict[str, Any] | None = None) -> TrainResult:
     """Train `cfg.model` on `data.train`, evaluating on `data.val` after each epoch (never on `data.test`).
 
-    Metrics per epoch: epoch, train_loss, train_acc (on augmented batches), val_loss, val_acc, lr (at the epoch's
-    end), images_per_s (training steps only), epoch_s (wall time including evaluation). With `cfg.log_steps`,
+    Metrics per epoch: epoch, train_loss, train_acc (on augmented batches, adversarial ones with
+    `cfg.adv_eps_255`), val_loss, val_acc, lr (at the epoch's end), images_per_s (training steps only), epoch_s
+    (wall time including evaluation), and with a robust radius (`cfg.robust_eps`) val_robust_acc. With `cfg.log_steps`,
     per-iteration rows too (see `library.step_metrics`): `state.epoch_steps` in `on_epoch`, all in the result.
     """
     device = pick_device(cfg.device)
@@ -254,6 +298,7 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
         state.step = state.step or state.epoch * len(loader)  # checkpoints from before steps were counted
         _adopt_hyperparameters(cfg, optimizer, scheduler)
     recorder = StepRecorder(model) if cfg.log_steps else None
+    adversary = cfg.adversary(model, generator)
     steps: list[dict[str, float]] = []
 
     while state.epoch < total_epochs:
@@ -267,6 +312,8 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
                 break
             x = x.contiguous(memory_format=memory_format)
             with _autocast(device, cfg.amp):
+                if adversary is not None:  # the attack runs in eval mode (BN's running statistics) and restores train
+                    x = adversary(x, y).images
                 logits = model(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -298,6 +345,9 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
             "images_per_s": seen / train_s,
             "epoch_s": time.perf_counter() - start,
         }
+        if cfg.robust_eps and len(val_set):
+            metrics["val_robust_acc"] = robust_accuracy(model, val_set, cfg)
+            metrics["epoch_s"] = time.perf_counter() - start
         state.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics, state)

@@ -29,7 +29,7 @@ from .training import TrainConfig, evaluate, train
 
 CHECKPOINT_FILE = "train_state.pt"
 STORAGE_ENV = "CV_STORAGE_PATH"
-METRIC, MODE = "val_acc", "max"
+MODE = "max"  # both metrics a sweep can rank by are accuracies
 
 
 class CheckpointError(RuntimeError):
@@ -58,6 +58,8 @@ class SweepOptions:
     ray_address: str = ""  # default: $RAY_ADDRESS (set by `ray job submit`), else a running `ray start` cluster
     # on this machine, else a new local Ray; "local" always starts a new one
     search_seed: int = 0  # seeds Optuna's sampler
+    metric: Literal["val_acc", "val_robust_acc"] = "val_acc"  # what trials are ranked, stopped and chosen by;
+    # val_robust_acc (accuracy under PGD, for adversarial training) needs a robust radius in every trial
 
     def __post_init__(self):
         for key in ("num_samples", "max_concurrent", "grace_period"):
@@ -122,7 +124,7 @@ def _searcher(opts: SweepOptions, space: SearchSpace):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    optuna = OptunaSearch(space=space.define_by_run, metric=METRIC, mode=MODE, seed=opts.search_seed)
+    optuna = OptunaSearch(space=space.define_by_run, metric=opts.metric, mode=MODE, seed=opts.search_seed)
     return ConcurrencyLimiter(optuna, max_concurrent=opts.max_concurrent)
 
 
@@ -149,8 +151,17 @@ def _scheduler(opts: SweepOptions, space: SearchSpace):
                          reduction_factor=opts.reduction_factor)
 
 
+def _smallest(space: SearchSpace, name: str) -> Any:
+    """The smallest value any trial of `space` gets for the TrainConfig field `name`."""
+    dim = next((d for d in space.dimensions if d.name == name), None)
+    return getattr(space.base, name) if dim is None else min(dim.values)
+
+
 def validate_sweep(opts: SweepOptions, space: SearchSpace) -> None:
     """Build the searcher, scheduler and param space once, to fail on a bad combination before Ray starts."""
+    if opts.metric == "val_robust_acc" and not (_smallest(space, "robust_eps_255") or _smallest(space, "adv_eps_255")):
+        raise ConfigError("metric=val_robust_acc needs a robust radius in every trial: adv_eps_255 > 0 (adversarial "
+                          "training at that radius) or robust_eps_255 > 0 (measure only)")
     _searcher(opts, space)
     _scheduler(opts, space)
     if opts.search != "optuna":
@@ -179,7 +190,7 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
     grid = opts.search == "grid"
     param_space = {} if opts.search == "optuna" else space.tune_space(grid=grid)
     tune_config = tune.TuneConfig(
-        metric=METRIC, mode=MODE, search_alg=_searcher(opts, space), scheduler=_scheduler(opts, space),
+        metric=opts.metric, mode=MODE, search_alg=_searcher(opts, space), scheduler=_scheduler(opts, space),
         num_samples=opts.num_samples, reuse_actors=True, time_budget_s=opts.time_budget_s or None,
         max_concurrent_trials=None if opts.search == "optuna" else opts.max_concurrent,
     )

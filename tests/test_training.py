@@ -82,7 +82,8 @@ def test_weight_decay_spares_norms_and_biases(tiny):
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim == 1 for p in spared["params"])
 
 
-@pytest.mark.parametrize("key, value", [("lr", 0.0), ("epochs", 0), ("label_smoothing", 1.0), ("momentum", 1.0)])
+@pytest.mark.parametrize("key, value", [("lr", 0.0), ("epochs", 0), ("label_smoothing", 1.0), ("momentum", 1.0),
+                                        ("adv_eps_255", -1.0), ("adv_steps", 0), ("robust_images", 0)])
 def test_out_of_range_values_are_config_errors(key, value):
     with pytest.raises(ConfigError, match=key):
         TrainConfig(**{key: value})
@@ -102,3 +103,24 @@ def test_a_resumed_run_adopts_new_learning_rate_and_weight_decay(tiny):
     resumed = train(TrainConfig(epochs=3, lr=2e-3, weight_decay=0.2, **FAST), tiny, resume=saved["e1"])
     # same place in the schedule, twice the base rate (what PBT's explore step asks for)
     assert resumed.history[1]["lr"] == pytest.approx(2 * straight.history[1]["lr"])
+
+
+ROBUST = dict(epochs=2, adv_steps=3, robust_eps_255=48, **FAST)  # the synthetic classes survive small radii
+
+
+def test_adversarial_training_makes_the_model_robust_where_standard_training_is_not(tiny):
+    standard = train(TrainConfig(**ROBUST), tiny).history
+    robust = train(TrainConfig(adv_eps_255=48, **ROBUST), tiny).history
+    assert all("val_robust_acc" in m for m in standard + robust)
+    assert standard[-1]["val_robust_acc"] <= standard[-1]["val_acc"]
+    assert robust[-1]["val_robust_acc"] > standard[-1]["val_robust_acc"] + 0.1
+
+
+def test_adversarial_training_resumes_exactly(tiny):
+    """The PGD random starts come from the run's generator, which the checkpoint carries."""
+    cfg = TrainConfig(adv_eps_255=48, **ROBUST)
+    straight = train(cfg, tiny)
+    saved = {}
+    train(cfg, tiny, on_epoch=lambda m, s: saved.setdefault("first", s.state_dict()) if s.epoch == 1 else None)
+    resumed = train(cfg, tiny, resume=saved["first"])
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in straight.history])

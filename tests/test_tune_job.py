@@ -1,6 +1,7 @@
 """jobs/tune_cnn.py end to end: a real local Ray, a real MLflow store, tiny CIFAR-10 in the real layout.
 
 The job runs as a subprocess, as a user runs it, so each run starts and stops its own Ray."""
+import json
 import signal
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import REPO, execute_notebook, job_env
+from conftest import REPO, execute_notebook, job_env, load_job
+from library.cli import run_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -118,12 +120,40 @@ def test_population_based_training_runs_with_random_search(tmp_path, cifar_root)
     assert len(parents) == 1 and len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
 
 
+def test_an_adversarial_training_sweep_is_ranked_by_robust_accuracy(tmp_path, cifar_root):
+    """D10: PGD adversarial training through the same job; trials, the leaderboard and the final fit carry the
+    accuracy under PGD."""
+    out = run_tune(tmp_path, cifar_root, "robust", "--num_samples=2", "--space.epochs=[1]", "--adv_eps_255=48",
+                   "--adv_steps=2", "--metric=val_robust_acc")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    parents, children = runs_of(tmp_path, "robust")
+    parent = parents[0].data
+    assert len(children) == 2 and all(0 <= c.data.metrics["val_robust_acc"] <= 1 for c in children)
+    assert all(float(c.data.params["adv_eps_255"]) == 48 for c in children)
+    assert parent.metrics["best_val_robust_acc"] == max(c.data.metrics["val_robust_acc"] for c in children)
+    assert 0 <= parent.metrics["test_robust_acc"] <= 1 and "under PGD at 48/255" in out.stdout
+    board = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parents[0].info.run_id,
+                                                                artifact_path="leaderboard.json")).read_text())
+    assert [row["val_robust_acc"] for row in board] == sorted((row["val_robust_acc"] for row in board), reverse=True)
+
+
 @pytest.mark.parametrize("arg, key", [("--space.kernell=[3]", "kernell"), ("--num_sample=3", "num_sample"),
                                       ("--space.lr=(0.1, 0.01)", "space.lr"), ("--space.norm=['xx']", "unknown norm"),
-                                      ("--scheduler=pbt", "pbt needs search=random")])
-def test_bad_keys_fail_before_ray_starts(tmp_path, cifar_root, arg, key):
-    out = run_tune(tmp_path, cifar_root, "bad", arg, timeout=120)
-    assert out.returncode == 2 and key in out.stderr, out.stderr[-2000:]
+                                      ("--scheduler=pbt", "pbt needs search=random"),
+                                      ("--metric=val_robust_acc", "needs a robust radius")])
+def test_bad_keys_fail_before_ray_starts(arg, key, capsys):
+    import ray
+
+    job = load_job("tune_cnn")
+    with pytest.raises(SystemExit) as stopped:
+        run_job(job.main, job.JobConfig, argv=[arg])
+    assert stopped.value.code == 2 and key in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_a_bad_key_exits_with_one_line_and_no_traceback(tmp_path, cifar_root):
+    out = run_tune(tmp_path, cifar_root, "bad", "--space.kernell=[3]", timeout=120)
+    assert out.returncode == 2 and "kernell" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and "Started a local Ray" not in out.stdout + out.stderr
 
 
