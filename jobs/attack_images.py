@@ -1,15 +1,19 @@
-"""Targeted adversarial images for a pretrained ImageNet classifier (D1, D2, D7, D8).
+"""Targeted adversarial images for a pretrained ImageNet classifier (D1, D2, D7, D8, D9).
 
     python jobs/attack_images.py --images=[../shared/data/images/peppers.png]     # → space shuttle and 3 more
     python jobs/attack_images.py --images=[a.jpg,b.jpg] --targets=[812,76] --eps_255=4
+    python jobs/attack_images.py --images=[peppers.png] --start=../shared/data/images/n02113023_Pembroke.JPEG
     python jobs/attack_images.py --smoke-test
 
 D1: the seed's attack, X' ← X' + λ ∂P(target|X')/∂X' clipped to X ± ε, and D7's momentum/margin attack at the
 same budget; the 4×3 figure per attack (original with class and probability, the noise amplified to the full
 range, the adversarial image with class and probability). D2: each adversarial image flipped, cropped to 80%,
 rotated 30° and turned grey, attacked without and with EOT (expectation over those transformations): does the
-target survive? D8: class maximisation (tarantula 76, tiger cat 282 by default) from a grey image, with the
-top-5 probabilities. Images are attacked in pixel space at the model's input size (its normalisation inside).
+target survive? D8: class maximisation (tarantula 76, tiger cat 282 by default) from `--start` (the seed's
+corgi; a grey image when not given), with the top-5 probabilities. D9: feature inversion of `--start` at the
+first, middle and last convolution, from noise. Images are attacked in pixel space at the model's input size
+(its normalisation inside). The same D8/D9 against CIFAR models, robust and standard (D10):
+jobs/gradient_images.py.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from library.data.photos import load_rgb  # noqa: E402
 from library.features import LITE0, BackboneSpec  # noqa: E402
 from library.image_transforms import D2_TRANSFORMS  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
+from library.synthesis import early_middle_late_layers, invert_features, maximise_class  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class JobConfig:
     eot_samples: int = 8  # transformed copies per EOT gradient
     maximise: tuple[int, ...] = (76, 282)  # D8's classes; empty: skip
     maximise_steps: int = 200
+    start: str = ""  # D8's start and D9's image: a photo (the seed: a corgi); "" = grey start, no D9
+    invert_steps: int = 300  # D9's Adam steps; 0 = skip D9
     experiment: str = "attack_images"
     smoke_test: bool = False
 
@@ -58,7 +65,7 @@ class JobConfig:
 
 
 SMOKE = {"backbone": "tf_efficientnet_lite0@none", "targets": [812, 76], "steps": 3, "eot_samples": 2,
-         "maximise": [76], "maximise_steps": 3, "experiment": "attack_images_smoke"}
+         "maximise": [76], "maximise_steps": 3, "invert_steps": 3, "experiment": "attack_images_smoke"}
 
 
 def smoke_image() -> str:
@@ -98,33 +105,20 @@ def transform_table(model, adv: torch.Tensor, targets: torch.Tensor, names: list
     return rows
 
 
-def maximise_class(model, classes: list[int], steps: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """D8: gradient ascent on each class's logit from a grey image, with an L2 pull to grey and random jitter
-    (shifts of up to 8 px) so the image does not collapse into high-frequency noise."""
-    g = torch.Generator().manual_seed(seed)
-    x = (0.5 + 0.02 * torch.randn(len(classes), 3, *size, generator=g)).requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=0.02)
-    target = torch.tensor(classes)
-    for _ in range(steps):
-        dy, dx = (int(v) for v in torch.randint(-8, 9, (2,), generator=g))
-        logits = model(torch.roll(x, (dy, dx), dims=(2, 3)))
-        loss = -logits.gather(1, target[:, None]).sum() + 1e-3 * (x - 0.5).square().sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            x.clamp_(0, 1)
-    return x.detach()
-
-
-def top5_figure(images: torch.Tensor, probabilities: torch.Tensor, classes: list[int], names: list[str]) -> Figure:
-    fig = Figure(figsize=(9, 3.2 * len(classes)))
+def top5_figure(start: torch.Tensor, images: torch.Tensor, probabilities: torch.Tensor, classes: list[int],
+                names: list[str]) -> Figure:
+    """D8: the start image beside each class-maximised image and its top-5 probabilities."""
+    fig = Figure(figsize=(9, 3.2 * (len(classes) + 1)))
+    ax = fig.add_subplot(len(classes) + 1, 2, 1)
+    ax.imshow(start[0].permute(1, 2, 0).numpy())
+    ax.set_axis_off()
+    ax.set_title("start", fontsize=9)
     for i, cls in enumerate(classes):
-        ax = fig.add_subplot(len(classes), 2, 2 * i + 1)
+        ax = fig.add_subplot(len(classes) + 1, 2, 2 * i + 3)
         ax.imshow(images[i].permute(1, 2, 0).numpy())
         ax.set_axis_off()
         ax.set_title(f"maximising {names[cls]}", fontsize=9)
-        ax = fig.add_subplot(len(classes), 2, 2 * i + 2)
+        ax = fig.add_subplot(len(classes) + 1, 2, 2 * i + 4)
         top = probabilities[i].topk(5)
         ax.barh(range(5)[::-1], top.values.numpy())
         ax.set_yticks(range(5)[::-1], [names[int(k)] for k in top.indices])
@@ -132,6 +126,22 @@ def top5_figure(images: torch.Tensor, probabilities: torch.Tensor, classes: list
         ax.set_title("top-5 probabilities", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def log_inversion(model, image: torch.Tensor, steps: int, model_name: str) -> list[float]:
+    """D9 into the active run: the reconstructions at three layers beside the image, and their distances."""
+    layers = early_middle_late_layers(model, image)
+    images, distances = invert_features(model, image, layers, steps=steps)
+    row = [("image", image[0].permute(1, 2, 0).numpy())]
+    row += [(f"{layer}\nrel. distance {d:.3f}", x.permute(1, 2, 0).numpy())
+            for layer, x, d in zip(layers, images, distances)]
+    mlflow.log_figure(map_grid_figure([(model_name, row)], f"D9: feature inversion from noise, {steps} steps"),
+                      "d9_feature_inversion.png")
+    for stage, d in zip(("early", "middle", "late"), distances):
+        mlflow.log_metric(f"d9.{stage}.relative_distance", d)
+    print("D9: relative feature distance after inversion: "
+          + ", ".join(f"{layer} {d:.3f}" for layer, d in zip(layers, distances)))
+    return distances
 
 
 def main(cfg: JobConfig) -> dict:
@@ -177,14 +187,18 @@ def main(cfg: JobConfig) -> dict:
         mlflow.log_text(survival.to_csv(), "d2_survival.csv")
         print("\nD2: fraction of adversarial images still classified as their target after each transform:\n"
               + survival.round(2).to_string())
+        start = load_rgb([cfg.start], size) if cfg.start else torch.full((1, 3, *size), 0.5)
         if cfg.maximise:
-            best = maximise_class(model, list(cfg.maximise), cfg.maximise_steps, size)
+            best = maximise_class(model, start, list(cfg.maximise), cfg.maximise_steps)
             with torch.no_grad():
                 probabilities = model(best).softmax(1)
-            mlflow.log_figure(top5_figure(best, probabilities, list(cfg.maximise), names), "d8_class_maximisation.png")
+            mlflow.log_figure(top5_figure(start, best, probabilities, list(cfg.maximise), names),
+                              "d8_class_maximisation.png")
             for cls, p in zip(cfg.maximise, probabilities):
                 mlflow.log_metric(f"d8.{cls}.prob", float(p[cls]))
                 print(f"D8: maximising {names[cls]} reaches probability {float(p[cls]):.3f}")
+        if cfg.start and cfg.invert_steps:
+            log_inversion(model, start, cfg.invert_steps, spec.name)
     print(f"MLflow run {run.info.run_id} in experiment '{cfg.experiment}' at {uri}")
     return {"run_id": run.info.run_id, **summary}
 

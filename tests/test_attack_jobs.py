@@ -1,11 +1,14 @@
-"""The per-image attack job (D1, D2, D7, D8) and the transfer job (D3, D4) end to end with --smoke-test, and the
+"""The per-image attack job (D1, D2, D7, D8, D9) and the transfer job (D3, D4) end to end with --smoke-test, and the
 D2 transformations."""
 import subprocess
 import sys
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO, job_env
 from library.image_transforms import D2_TRANSFORMS, crop80, rotate30
@@ -33,13 +36,16 @@ def test_transforms_keep_shape_and_range_and_sample_with_a_generator():
 
 
 def test_attack_images_job_logs_the_figures_and_the_transform_table(tmp_path):
-    out = run("attack_images", tmp_path)
+    corgi = tmp_path / "start.png"  # D8's start and D9's image
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(corgi)
+    out = run("attack_images", tmp_path, f"--start={corgi}")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_row = mlflow.search_runs(experiment_names=["attack_images_smoke"]).iloc[0]
     assert {"d1_probability_ascent.png", "d7_momentum_margin.png", "d2_eot_momentum_margin.png", "d2_transforms.csv",
-            "d2_survival.csv", "d8_class_maximisation.png"} <= artifacts(run_row["run_id"])
+            "d2_survival.csv", "d8_class_maximisation.png", "d9_feature_inversion.png"} <= artifacts(run_row["run_id"])
     assert 0 <= run_row["metrics.d1_probability_ascent.success_rate"] <= 1
+    assert all(run_row[f"metrics.d9.{stage}.relative_distance"] >= 0 for stage in ("early", "middle", "late"))
 
 
 @pytest.mark.ray
@@ -59,3 +65,20 @@ def test_transfer_job_logs_the_pairs_and_the_matrix(tmp_path, cifar_root):
 def test_transfer_job_needs_two_models(tmp_path):
     out = run("transfer_attack", tmp_path, "--models=[init:mish_cnn]")
     assert out.returncode == 2 and "at least two" in out.stderr
+
+
+def test_gradient_images_job_puts_each_model_in_a_row(tmp_path, cifar_root):
+    out = run("gradient_images", tmp_path, data_root=cifar_root)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = mlflow.search_runs(experiment_names=["gradient_images_smoke"]).iloc[0]["run_id"]
+    assert {"d8_class_maximisation.png", "d9_feature_inversion.png", "gradient_images.csv"} <= artifacts(run_id)
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="gradient_images.csv"))
+    assert set(table["model"]) == {"init:mish_cnn", "init:mish_cnn_bn"}
+    for _, rows in table.groupby("model"):  # 2 classes maximised, 3 layers inverted
+        assert dict(rows["measure"].value_counts()) == {"probability": 2, "relative_distance": 3, "pixel_rmse": 3}
+
+
+def test_gradient_images_job_rejects_a_class_the_data_lacks(tmp_path, cifar_root):
+    out = run("gradient_images", tmp_path, "--maximise=[3,12]", data_root=cifar_root)
+    assert out.returncode == 2 and "[12] are not classes" in out.stderr
