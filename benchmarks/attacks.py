@@ -6,7 +6,8 @@
 torchattacks' PGD and against a per-image loop of ours, images/s, interleaved rounds, medians (goal: ≥ 1.0× the
 speed of torchattacks). (2) An ε-sweep with robust flags (and per-sample early stopping) against independent
 attacks at every ε, each run for its whole budget on every correctly classified image: backward passes (goal
-≤ 0.5× the work). torchattacks is optional: without it that row is skipped.
+≤ 0.5× the work); and the bisection sweep (`--search=bisect` of jobs/eps_sweep.py) on the same grid, with how
+far its curve is from the ascending one. torchattacks is optional: without it that row is skipped.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from library.attacks import PGD  # noqa: E402
 from library.config import from_cli  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.model_specs import load_model_spec  # noqa: E402
-from library.robustness import AttackSpec, independent_work, sweep  # noqa: E402
+from library.robustness import AttackSpec, bisection_sweep, independent_work, sweep  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 
 
@@ -71,11 +72,16 @@ def main() -> None:
     rows, _ = sweep(model, spec, x, y, grid)
     flagged = sum(r["backward_passes"] for r in rows)
     independent = independent_work(model, spec, x, y, grid)
+    bisected, _ = bisection_sweep(model, spec, x, y, grid)
+    bisected_work = sum(r["backward_passes"] for r in bisected)
     result = {"device": device_name(device), "model": cfg.model, "images": len(x), "steps": cfg.steps,
               "eps_255": cfg.eps_255, "pgd_speed": speed,
               "sweep_work": {"eps_255": list(cfg.sweep_eps_255), "flagged_backward_passes": flagged,
                              "independent_backward_passes": independent, "ratio": round(flagged / independent, 3),
-                             "goal": 0.5, "robust_acc": [r["standing"] / r["n"] for r in rows]}}
+                             "goal": 0.5, "robust_acc": [r["standing"] / r["n"] for r in rows],
+                             "bisection_backward_passes": bisected_work,
+                             "bisection_ratio": round(bisected_work / independent, 3),
+                             "bisection_robust_acc": [r["standing"] / r["n"] for r in bisected]}}
     if "torchattacks" in speed:
         result["batched_vs_torchattacks"] = round(speed["ours_batched"]["images_per_s"] /
                                                   speed["torchattacks"]["images_per_s"], 3)
@@ -84,6 +90,9 @@ def main() -> None:
     for name, s in speed.items():
         print(f"{name}: {s['images_per_s']:.0f} images/s")
     print(f"ε-sweep work with robust flags / independent: {flagged} / {independent} = {flagged / independent:.3f}")
+    print(f"bisection sweep / independent: {bisected_work} / {independent} = {bisected_work / independent:.3f}; "
+          f"robust accuracy ascending {result['sweep_work']['robust_acc']}, bisected "
+          f"{result['sweep_work']['bisection_robust_acc']}")
     print(f"wrote {save('attacks', result)}")
 
 

@@ -4,6 +4,7 @@ image shard × ε-chunk), with robust flags: each ε attacks only the images sti
     python jobs/eps_sweep.py                                   # MNIST models A and B (registered), test set
     python jobs/eps_sweep.py --attacks=[pgd,momentum_margin] --eps_255=[2,4,8,16,32] --test_size=2000
     python jobs/eps_sweep.py --models=[run:<run id>] --dataset=cifar10 --pgd_table=true
+    python jobs/eps_sweep.py --search=bisect --eps_255=[1,2,3,4,6,8,12,16,24,32,48,64]   # fine grids, log2 work
     python jobs/eps_sweep.py --smoke-test
 
 Models: `registered:<name>[:<version>]` (MLflow's model registry, e.g. what train_mnist_models.py registers),
@@ -12,11 +13,14 @@ gets the model and its shard from the object store and never talks to MLflow; th
 as tasks finish and logs one run: the tidy table (sweep.csv / an MLflow table: model, attack, ε, robust
 accuracy or targeted success with a 95% Wilson interval, images attacked, backward passes, seconds), a plot per
 model, D7's numbers at ε = 8/255 and 16/255, and with --pgd_table D11's table over (iterations, ε).
+With --search=bisect each image's breaking ε is bisected on the grid instead (one task per shard, about
+log2(grid + 1) attacks per image; see `bisection_sweep` for what it assumes).
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
@@ -31,7 +35,7 @@ from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.model_specs import load_model_spec  # noqa: E402
 from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
-from library.robustness import AttackSpec, pgd_table, sweep, wilson_interval  # noqa: E402
+from library.robustness import AttackSpec, bisection_sweep, pgd_table, sweep, wilson_interval  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class JobConfig(DataOptions):
     test_size: int = 1000  # test images (a seeded sample); 0 = all
     shards: int = 4  # image shards per (model, attack)
     eps_per_task: int = 2  # ε values per task; the next chunk continues from this one's robust flags
+    search: Literal["ascending", "bisect"] = "ascending"  # ascending: every ε on the images still standing;
+    # bisect: each image's breaking point by bisection over the grid (the whole grid in one task per shard)
     pgd_table: bool = False  # D11: also PGD top-1/top-5 over (pgd_iterations × ε) per model
     pgd_iterations: tuple[int, ...] = (1, 5, 10, 20)
     cpus_per_task: float = 1.0
@@ -68,9 +74,10 @@ SMOKE = {"models": ["init:mnist_a", "init:mnist_b"], "attacks": ["fgsm", "pgd"],
          "experiment": "eps_sweep_smoke"}
 
 
-def sweep_task(model, spec: AttackSpec, x, y, eps: list[float], standing, classes: int):
+def sweep_task(model, spec: AttackSpec, x, y, eps: list[float], standing, classes: int, search: str):
     use_assigned_cpus()
-    return sweep(model, spec, x.float().div(255), y, eps, standing, classes)
+    run = bisection_sweep if search == "bisect" else sweep
+    return run(model, spec, x.float().div(255), y, eps, standing, classes)
 
 
 def tidy(rows: list[dict], targeted: bool) -> pd.DataFrame:
@@ -111,14 +118,16 @@ def run_sweeps(models: dict, specs: list[AttackSpec], x, y, cfg: JobConfig, clas
     gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     task = ray.remote(sweep_task).options(num_cpus=cfg.cpus_per_task, num_gpus=gpus)
     eps = sorted(e / 255 for e in cfg.eps_255)
-    chunks = [eps[i:i + cfg.eps_per_task] for i in range(0, len(eps), cfg.eps_per_task)]
+    per_task = len(eps) if cfg.search == "bisect" else cfg.eps_per_task
+    chunks = [eps[i:i + per_task] for i in range(0, len(eps), per_task)]
     shards = [(ray.put(xs), ray.put(ys)) for xs, ys in zip(x.tensor_split(cfg.shards), y.tensor_split(cfg.shards))]
     refs = {name: ray.put(model) for name, model in models.items()}
     pending = {}
     for name in models:
         for spec in specs:
             for xs, ys in shards:
-                pending[task.remote(refs[name], spec, xs, ys, chunks[0], None, classes)] = (name, spec, xs, ys, 1)
+                ref = task.remote(refs[name], spec, xs, ys, chunks[0], None, classes, cfg.search)
+                pending[ref] = (name, spec, xs, ys, 1)
     rows = []
     with tqdm(total=len(pending) * len(chunks), desc="ε-sweep tasks", unit="task") as bar:
         while pending:
@@ -128,7 +137,7 @@ def run_sweeps(models: dict, specs: list[AttackSpec], x, y, cfg: JobConfig, clas
             rows += [r | {"model": name, "attack": spec.label} for r in chunk_rows]
             bar.update(1)
             if next_chunk < len(chunks):
-                ref = task.remote(refs[name], spec, xs, ys, chunks[next_chunk], standing, classes)
+                ref = task.remote(refs[name], spec, xs, ys, chunks[next_chunk], standing, classes, cfg.search)
                 pending[ref] = (name, spec, xs, ys, next_chunk + 1)
     return rows
 

@@ -133,6 +133,21 @@ def test_sweep_with_robust_flags_is_monotone_and_does_less_work(trained):
     assert [r["standing"] for r in first + second] == robust
 
 
+def test_bisection_gives_the_monotone_curve_with_fewer_attacks(trained):
+    from library.robustness import AttackSpec, bisection_sweep, sweep
+
+    model, x, y = trained
+    eps = [k / 255 for k in (1, 2, 4, 8, 16, 32, 64)]
+    spec = AttackSpec("pgd", steps=5, random_start=False)  # deterministic: the same attack at each ε
+    ascending, _ = sweep(model, spec, x, y, eps)
+    bisected, standing = bisection_sweep(model, spec, x, y, eps)
+    robust = [r["standing"] for r in bisected]
+    assert robust == sorted(robust, reverse=True) and robust[-1] == int(standing.sum())
+    assert all(abs(a["standing"] - b) <= 0.02 * len(x) for a, b in zip(ascending, robust))
+    # at most ceil(log2(8)) = 3 attacks per image against up to 7
+    assert sum(r["attacked"] for r in bisected) <= 3 * ascending[0]["attacked"] < sum(r["attacked"] for r in ascending)
+
+
 def test_targeted_sweep_counts_images_not_yet_at_their_target(trained):
     from library.robustness import AttackSpec, sweep
 

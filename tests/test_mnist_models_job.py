@@ -69,20 +69,24 @@ def test_an_unknown_model_fails_before_ray_starts(tmp_path, mnist_root):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_eps_sweep_attacks_the_registered_models_with_robust_flags(trained, mnist_root):
+@pytest.mark.parametrize("search", ["ascending", "bisect"])
+def test_eps_sweep_attacks_the_registered_models_with_robust_flags(trained, mnist_root, search):
     store, _ = trained
     env = job_env(store)
+    experiment = f"eps_sweep_smoke_{search}"
     out = subprocess.run([sys.executable, str(REPO / "jobs" / "eps_sweep.py"), "--smoke-test",
                           "--models=[registered:mnist_a,registered:mnist_b:1]", f"--data_root={mnist_root}",
-                          "--eps_255=[4,8,16,32]", "--ray_address=local"],
+                          "--eps_255=[4,8,16,32]", "--ray_address=local", f"--search={search}",
+                          f"--experiment={experiment}", f"--pgd_table={search == 'ascending'}"],
                          cwd=store, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "D7, at ε = 8/255 and 16/255" in out.stdout and "D11" in out.stdout
-    run = mlflow.search_runs(experiment_names=["eps_sweep_smoke"]).iloc[0]
+    assert "D7, at ε = 8/255 and 16/255" in out.stdout
+    run = mlflow.search_runs(experiment_names=[experiment]).iloc[0]
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])} | {
         a.path for a in client.list_artifacts(run["run_id"], "curves")}
-    assert {"sweep.json", "sweep.csv", "d7_eps8_eps16.csv", "pgd_table.csv"} <= artifacts
+    assert {"sweep.json", "sweep.csv", "d7_eps8_eps16.csv"} <= artifacts
+    assert ("pgd_table.csv" in artifacts) == ("D11" in out.stdout) == (search == "ascending")
     assert sum(p.startswith("curves/") for p in artifacts) == 2
     logged = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run["run_id"], artifact_path="sweep.json")).read_text())
     table = pd.DataFrame(logged["data"], columns=logged["columns"])  # MLflow's table format
