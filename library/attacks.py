@@ -262,6 +262,9 @@ class EOT(nn.Module):
         super().__init__()
         self.model, self.transforms, self.samples = model, transforms, samples
         self.generator = torch.Generator().manual_seed(seed)
+        # take the wrapped model's mode: a new Module is in training mode, and an attack that restores the
+        # wrapper's mode would otherwise leave the wrapped model training (BatchNorm on batch statistics)
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = []

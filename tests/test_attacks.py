@@ -115,6 +115,15 @@ def test_eot_averages_over_transformations(trained):
         assert torch.allclose(mixed, (model(x) + model(x.flip(3))) / 2, atol=0.5)
 
 
+def test_attacking_through_eot_leaves_the_wrapped_model_in_its_mode(trained):
+    model, x, y = trained
+    for mode in (False, True):
+        model.train(mode)
+        MomentumMargin(EOT(model, [lambda images, g: images.flip(3)], samples=2), 8 / 255, steps=2)(x[:4], y[:4])
+        assert model.training == mode
+    model.eval()
+
+
 def test_sweep_with_robust_flags_is_monotone_and_does_less_work(trained):
     from library.robustness import AttackSpec, independent_work, sweep
 
