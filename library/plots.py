@@ -144,7 +144,8 @@ def map_grid_figure(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]]
     """Rows of labelled images (H×W maps in [0, 1] shown with `cmap`, or H×W×3 RGB), e.g. C2's early, middle and
     late feature maps, or E1/E2's input, map and blend per image."""
     cols = max(len(items) for _, items in rows)
-    fig = Figure(figsize=(2.4 * cols + 0.8, 2.5 * len(rows) + 0.5))
+    # constrained layout keeps the suptitle clear of the first row, where tight_layout overlaps them
+    fig = Figure(figsize=(2.4 * cols + 0.8, 2.5 * len(rows) + 0.5), layout="constrained")
     for i, (row_label, items) in enumerate(rows):
         for j, (label, image) in enumerate(items):
             ax = fig.add_subplot(len(rows), cols, i * cols + j + 1)
@@ -156,5 +157,4 @@ def map_grid_figure(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]]
                 ax.set_ylabel(row_label)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
