@@ -12,8 +12,9 @@ rotated 30° and turned grey, attacked without and with EOT (expectation over th
 target survive? D8: class maximisation (tarantula 76, tiger cat 282 by default) from `--start` (the seed's
 corgi; a grey image when not given), with the top-5 probabilities. D9: feature inversion of `--start` at the
 first, middle and last convolution, from noise. Images are attacked in pixel space at the model's input size
-(its normalisation inside). The same D8/D9 against CIFAR models, robust and standard (D10):
-jobs/gradient_images.py.
+(its normalisation inside). Each attack, D8 and D9 is one Ray task (on a GPU when the cluster has one); the
+driver logs the figures and tables as they come back. The same D8/D9 against CIFAR models, robust and standard
+(D10): jobs/gradient_images.py.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from library import tracking  # noqa: E402
-from library.attacks import EOT, MomentumMargin, ProbabilityAscent  # noqa: E402
+from library.attacks import EOT, Attack, MomentumMargin, ProbabilityAscent  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.backbones import class_names  # noqa: E402
@@ -40,6 +41,8 @@ from library.data.photos import load_rgb  # noqa: E402
 from library.features import LITE0, BackboneSpec  # noqa: E402
 from library.image_transforms import D2_TRANSFORMS  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
+from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
+from library.runtime import pick_device  # noqa: E402
 from library.synthesis import early_middle_late_layers, invert_features, maximise_class  # noqa: E402
 
 
@@ -56,6 +59,9 @@ class JobConfig:
     maximise_steps: int = 200
     start: str = ""  # D8's start and D9's image: a photo (the seed: a corgi); "" = grey start, no D9
     invert_steps: int = 300  # D9's Adam steps; 0 = skip D9
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 1.0  # only when the cluster has GPUs
+    ray_address: str = ""  # default: $RAY_ADDRESS, else a running cluster on this machine, else a new local Ray
     experiment: str = "attack_images"
     smoke_test: bool = False
 
@@ -128,10 +134,65 @@ def top5_figure(start: torch.Tensor, images: torch.Tensor, probabilities: torch.
     return fig
 
 
-def log_inversion(model, image: torch.Tensor, steps: int, model_name: str) -> list[float]:
-    """D9 into the active run: the reconstructions at three layers beside the image, and their distances."""
+ATTACKS = ("d1_probability_ascent", "d7_momentum_margin", "d2_eot_momentum_margin")
+
+
+def build_attack(label: str, model, cfg: JobConfig) -> Attack:
+    eps = cfg.eps_255 / 255
+    if label == "d1_probability_ascent":
+        return ProbabilityAscent(model, eps, lr=cfg.lr, steps=cfg.steps)
+    if label == "d7_momentum_margin":
+        return MomentumMargin(model, eps, steps=cfg.steps, early_stop=False)
+    eot_model = EOT(model, list(D2_TRANSFORMS.values()), samples=cfg.eot_samples)
+    return MomentumMargin(eot_model, eps, steps=cfg.steps, early_stop=False)
+
+
+def _on_device(model, *tensors):
+    """Inside a task: the model and tensors on the task's device (the GPU Ray assigned it, else the CPU)."""
+    use_assigned_cpus()
+    device = pick_device("auto")
+    return (model.to(device), *(t.to(device) for t in tensors))
+
+
+def attack_task(model, label: str, cfg: JobConfig, x: torch.Tensor, targets: torch.Tensor):
+    """One Ray task per attack: the adversarial images, and the plain model's probabilities on them (not the EOT
+    average's: D2 asks whether the plain classifier is fooled)."""
+    model, x, targets = _on_device(model, x, targets)
+    images = build_attack(label, model, cfg)(x, targets, target=targets).images
+    with torch.no_grad():
+        return images.cpu(), model(images).softmax(1).cpu()
+
+
+def maximise_task(model, start: torch.Tensor, classes: list[int], steps: int):
+    model, start = _on_device(model, start)
+    best = maximise_class(model, start, classes, steps)
+    with torch.no_grad():
+        return best.cpu(), model(best).softmax(1).cpu()
+
+
+def inversion_task(model, image: torch.Tensor, steps: int):
+    model, image = _on_device(model, image)
     layers = early_middle_late_layers(model, image)
     images, distances = invert_features(model, image, layers, steps=steps)
+    return layers, images.cpu(), distances
+
+
+def log_attack(label, x, adv, clean, probabilities, targets, names, cfg: JobConfig) -> dict:
+    """One attack's figure and success into the active run; its summary."""
+    hit = probabilities.argmax(1) == targets
+    summary = {"success": float(hit.float().mean()),
+               "target_prob": [round(float(p), 4) for p in probabilities[torch.arange(len(x)), targets]]}
+    mlflow.log_metric(f"{label}.success_rate", summary["success"])
+    mlflow.log_figure(four_by_three(x, adv, clean, probabilities, targets, names, cfg.eps_255 / 255,
+                                    f"{label}: ε = {cfg.eps_255:g}/255, {cfg.steps} steps"), f"{label}.png")
+    print(f"{label}: target reached for {int(hit.sum())}/{len(x)} at ε = {cfg.eps_255:g}/255; "
+          + ", ".join(f"{names[int(t)]} {p}" for t, p in zip(targets, summary["target_prob"])))
+    return summary
+
+
+def log_inversion(image: torch.Tensor, layers: list[str], images: torch.Tensor, distances: list[float],
+                  steps: int, model_name: str) -> None:
+    """D9 into the active run: the reconstructions at three layers beside the image, and their distances."""
     row = [("image", image[0].permute(1, 2, 0).numpy())]
     row += [(f"{layer}\nrel. distance {d:.3f}", x.permute(1, 2, 0).numpy())
             for layer, x, d in zip(layers, images, distances)]
@@ -141,10 +202,11 @@ def log_inversion(model, image: torch.Tensor, steps: int, model_name: str) -> li
         mlflow.log_metric(f"d9.{stage}.relative_distance", d)
     print("D9: relative feature distance after inversion: "
           + ", ".join(f"{layer} {d:.3f}" for layer, d in zip(layers, distances)))
-    return distances
 
 
 def main(cfg: JobConfig) -> dict:
+    import ray
+
     paths = cfg.images or ((smoke_image(),) if cfg.smoke_test else ())
     if not paths:
         raise ConfigError("pass the images to attack: --images=[path/to/photo.jpg,...]")
@@ -158,47 +220,45 @@ def main(cfg: JobConfig) -> dict:
     images = load_rgb(paths, size)
     x = images.repeat(len(cfg.targets), 1, 1, 1) if len(paths) == 1 else images
     targets = torch.tensor(cfg.targets)
-    names, eps = class_names(1000), cfg.eps_255 / 255
+    start = load_rgb([cfg.start], size) if cfg.start else torch.full((1, 3, *size), 0.5)
+    names = class_names(1000)
+    ray_init(cfg.ray_address)
+    gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+    def remote(fn):
+        return ray.remote(fn).options(num_cpus=cfg.cpus_per_task, num_gpus=gpus)
+
+    # every attack, D8 and D9 at once: one coarse task each, the model shipped once through the object store
+    model_ref = ray.put(model)
+    attacks = {label: remote(attack_task).remote(model_ref, label, cfg, x, targets) for label in ATTACKS}
+    maximised = remote(maximise_task).remote(model_ref, start, list(cfg.maximise), cfg.maximise_steps) \
+        if cfg.maximise else None
+    inverted = remote(inversion_task).remote(model_ref, start, cfg.invert_steps) \
+        if cfg.start and cfg.invert_steps else None
     summary: dict = {}
     with tracking.start_run(cfg.experiment, run_name=f"attack {spec.name}", config=cfg) as run:
         with torch.no_grad():
             clean = model(x).softmax(1)
-        eot_model = EOT(model, list(D2_TRANSFORMS.values()), samples=cfg.eot_samples)
-        attacks = {"d1_probability_ascent": ProbabilityAscent(model, eps, lr=cfg.lr, steps=cfg.steps),
-                   "d7_momentum_margin": MomentumMargin(model, eps, steps=cfg.steps, early_stop=False),
-                   "d2_eot_momentum_margin": MomentumMargin(eot_model, eps, steps=cfg.steps, early_stop=False)}
         rows = []
-        for label, attack in attacks.items():
-            result = attack(x, targets, target=targets)
-            with torch.no_grad():
-                probabilities = model(result.images).softmax(1)  # judged by the plain model, not the EOT average
-            hit = probabilities.argmax(1) == targets
-            summary[label] = {"success": float(hit.float().mean()),
-                              "target_prob": [round(float(p), 4) for p in probabilities[torch.arange(len(x)), targets]]}
-            mlflow.log_metric(f"{label}.success_rate", summary[label]["success"])
-            mlflow.log_figure(four_by_three(x, result.images, clean, probabilities, targets, names, eps,
-                                            f"{label}: ε = {cfg.eps_255:g}/255, {cfg.steps} steps"), f"{label}.png")
-            rows += transform_table(model, result.images, targets, names, label)
-            print(f"{label}: target reached for {int(hit.sum())}/{len(x)} at ε = {cfg.eps_255:g}/255; "
-                  + ", ".join(f"{names[int(t)]} {p}" for t, p in zip(targets, summary[label]["target_prob"])))
+        for label, ref in attacks.items():
+            adv, probabilities = ray.get(ref)
+            summary[label] = log_attack(label, x, adv, clean, probabilities, targets, names, cfg)
+            rows += transform_table(model, adv, targets, names, label)
         table = pd.DataFrame(rows)
         mlflow.log_text(table.to_csv(index=False), "d2_transforms.csv")
         survival = table.groupby(["attack", "transform"], sort=False)["survives"].mean().unstack()
         mlflow.log_text(survival.to_csv(), "d2_survival.csv")
         print("\nD2: fraction of adversarial images still classified as their target after each transform:\n"
               + survival.round(2).to_string())
-        start = load_rgb([cfg.start], size) if cfg.start else torch.full((1, 3, *size), 0.5)
-        if cfg.maximise:
-            best = maximise_class(model, start, list(cfg.maximise), cfg.maximise_steps)
-            with torch.no_grad():
-                probabilities = model(best).softmax(1)
+        if maximised is not None:
+            best, probabilities = ray.get(maximised)
             mlflow.log_figure(top5_figure(start, best, probabilities, list(cfg.maximise), names),
                               "d8_class_maximisation.png")
             for cls, p in zip(cfg.maximise, probabilities):
                 mlflow.log_metric(f"d8.{cls}.prob", float(p[cls]))
                 print(f"D8: maximising {names[cls]} reaches probability {float(p[cls]):.3f}")
-        if cfg.start and cfg.invert_steps:
-            log_inversion(model, start, cfg.invert_steps, spec.name)
+        if inverted is not None:
+            log_inversion(start, *ray.get(inverted), cfg.invert_steps, spec.name)
     print(f"MLflow run {run.info.run_id} in experiment '{cfg.experiment}' at {uri}")
     return {"run_id": run.info.run_id, **summary}
 

@@ -35,10 +35,12 @@ def test_transforms_keep_shape_and_range_and_sample_with_a_generator():
     assert torch.allclose(rotate30(x, None, degrees=0.0), x, atol=1e-5)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_attack_images_job_logs_the_figures_and_the_transform_table(tmp_path):
     corgi = tmp_path / "start.png"  # D8's start and D9's image
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(corgi)
-    out = run("attack_images", tmp_path, f"--start={corgi}")
+    out = run("attack_images", tmp_path, f"--start={corgi}", "--ray_address=local")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_row = mlflow.search_runs(experiment_names=["attack_images_smoke"]).iloc[0]
