@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runtime import eval_mode
+
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 Index = torch.Tensor | slice  # which samples of the batch a step works on
 
@@ -38,13 +40,8 @@ class AttackResult:
     @cached_property
     def probabilities(self) -> torch.Tensor:
         """B×K softmax of the model on the final images (in eval mode; the model's mode is restored)."""
-        model = self._attack.model
-        was_training = model.training
-        try:
-            with torch.no_grad():
-                return model.eval()(self.images).softmax(1)
-        finally:
-            model.train(was_training)
+        with torch.no_grad(), eval_mode(self._attack.model) as model:
+            return model(self.images).softmax(1)
 
     @cached_property
     def success(self) -> torch.Tensor:
@@ -70,15 +67,11 @@ class Attack:
 
     # -- shared ------------------------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> AttackResult:
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             x = x.detach()
             state = _Batch(self, x, y, target)
             self.run(x, y, target, state)
             return AttackResult(self, state.adv.detach(), y, target, state.passes)
-        finally:
-            self.model.train(was_training)
 
     def project(self, adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return torch.min(torch.max(adv, x - self.eps), x + self.eps).clamp_(0, 1)

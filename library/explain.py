@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runtime import eval_mode
+
 
 def classifier_layer(model: nn.Module) -> nn.Linear:
     """The final linear layer: timm's `get_classifier()`, else a `fc` attribute (the registry's Classifier)."""
@@ -61,16 +63,12 @@ def class_activation_map(model: nn.Module, x: torch.Tensor, classes: torch.Tenso
 def saliency_map(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
     """E2 (Simonyan et al., 2014): |∂ score_class / ∂ input|, the maximum over colour channels, scaled to [0, 1]
     per image. `classes` default to the predicted ones. The model's mode is restored. Returns B×H×W."""
-    was_training = model.training
-    model.eval()
     x = x.detach().clone().requires_grad_(True)
-    try:
+    with eval_mode(model):
         scores = model(x)
         if classes is None:
             classes = scores.argmax(1)
         scores.gather(1, classes[:, None]).sum().backward()
-    finally:
-        model.train(was_training)
     return _unit_range(x.grad.abs().amax(dim=1))
 
 
@@ -89,13 +87,14 @@ def blend(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> torch.
 
 
 def conv_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """The output of every convolution of `model` on `x`, in forward order (C2's feature maps)."""
+    """The output of every convolution of `model` on `x`, in forward order (C2's feature maps); the model's mode
+    is restored."""
     outputs: list[tuple[str, torch.Tensor]] = []
     handles = [m.register_forward_hook(lambda m, i, o, name=name: outputs.append((name, o.detach())))
                for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     try:
-        with torch.no_grad():
-            model.eval()(x)
+        with torch.no_grad(), eval_mode(model):
+            model(x)
     finally:
         for handle in handles:
             handle.remove()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .backbones import Backbone
 from .data.photos import PhotoDataset, PhotoSet
-from .runtime import pick_device, seed_everything
+from .runtime import eval_mode, pick_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,13 @@ class FinetuneConfig:
 def top_k_accuracy(model, photos: PhotoSet, transform, batch_size: int, device: torch.device, workers: int = 0,
                    ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Top-k accuracies (k capped at the number of classes) of `model` on `photos`; restores its mode."""
-    was_training = model.training
-    model.eval()
     hits = {k: 0 for k in ks}
     loader = torch.utils.data.DataLoader(PhotoDataset(photos, transform), batch_size=batch_size, num_workers=workers)
-    for x, y, _ in loader:
-        ranked = model(x.to(device)).topk(min(max(ks), len(photos.classes)), dim=1).indices.cpu()
-        for k in ks:
-            hits[k] += (ranked[:, :k] == y[:, None]).any(1).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y, _ in loader:
+            ranked = model(x.to(device)).topk(min(max(ks), len(photos.classes)), dim=1).indices.cpu()
+            for k in ks:
+                hits[k] += (ranked[:, :k] == y[:, None]).any(1).sum().item()
     return {f"top{k}": hits[k] / max(1, len(photos)) for k in ks}
 
 

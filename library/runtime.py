@@ -1,10 +1,12 @@
 """Which device to run on, seeding, and the process settings that CPU training needs."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -54,3 +56,13 @@ def keep_freed_memory() -> bool:
     libc = ctypes.CDLL("libc.so.6")
     _malloc_tuned = bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
     return _malloc_tuned
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model` in eval mode inside the block, its own mode (training or not) restored after, even on error."""
+    was_training = model.training
+    try:
+        yield model.eval()
+    finally:
+        model.train(was_training)

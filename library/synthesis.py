@@ -10,23 +10,12 @@ Images are N×C×H×W in [0, 1]; models take [0, 1] inputs (normalisation inside
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .explain import conv_outputs
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    try:
-        yield model.eval()
-    finally:
-        model.train(was_training)
+from .runtime import eval_mode
 
 
 def maximise_class(model: nn.Module, start: torch.Tensor, classes: list[int], steps: int = 200, lr: float = 0.02,
@@ -40,7 +29,7 @@ def maximise_class(model: nn.Module, start: torch.Tensor, classes: list[int], st
     x = origin.clone().requires_grad_(True)
     target = torch.tensor(classes, device=start.device)
     optimizer = torch.optim.Adam([x], lr=lr)
-    with _eval_mode(model):
+    with eval_mode(model):
         for _ in range(steps):
             dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
             log_p = model(torch.roll(x, (dy, dx), dims=(2, 3))).log_softmax(1)
@@ -55,8 +44,7 @@ def maximise_class(model: nn.Module, start: torch.Tensor, classes: list[int], st
 
 def early_middle_late_layers(model: nn.Module, image: torch.Tensor) -> list[str]:
     """D9's three layers: the first, the middle and the last convolution (in the order a forward pass runs them)."""
-    with _eval_mode(model):
-        names = list(dict.fromkeys(name for name, _ in conv_outputs(model, image[:1])))
+    names = list(dict.fromkeys(name for name, _ in conv_outputs(model, image[:1])))
     if not names:
         raise ValueError(f"{type(model).__name__} has no convolutions to invert")
     return list(dict.fromkeys([names[0], names[len(names) // 2], names[-1]]))
@@ -88,7 +76,7 @@ def invert_features(model: nn.Module, image: torch.Tensor, layers: list[str], st
     g = torch.Generator().manual_seed(seed)
     capture = _Capture(model, layers)
     try:
-        with _eval_mode(model):
+        with eval_mode(model):
             with torch.no_grad():
                 model(image[:1])
                 goals = [capture.outputs[n].detach() for n in layers]

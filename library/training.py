@@ -21,7 +21,7 @@ from .attacks import PGD
 from .config import ConfigError, project
 from .data import Augment, DeviceLoader, ImageData, ImageSet
 from .models import create_model, model_kwargs
-from .runtime import keep_freed_memory, pick_device, seed_everything
+from .runtime import eval_mode, keep_freed_memory, pick_device, seed_everything
 from .step_metrics import StepRecorder
 
 
@@ -187,16 +187,14 @@ def _sync(device: torch.device) -> None:
 def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1024, amp: bool = True) -> dict[str, float]:
     """Mean cross-entropy and accuracy of `model` on `data` (moved to the model's device); restores its mode."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in DeviceLoader(data.to(device), batch_size):
-        with _autocast(device, amp):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in DeviceLoader(data.to(device), batch_size):
+            with _autocast(device, amp):
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
     n = max(1, len(data))
     return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
 

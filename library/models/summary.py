@@ -7,6 +7,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..runtime import eval_mode
+
 
 def layer_table(model: nn.Module, input_shape: Sequence[int]) -> pd.DataFrame:
     """Columns: layer (module path), type, details (its repr's arguments), output (shape without the batch),
@@ -23,13 +25,10 @@ def layer_table(model: nn.Module, input_shape: Sequence[int]) -> pd.DataFrame:
 
     leaves = [(name, m) for name, m in model.named_modules() if name and not list(m.children())]
     handles = [m.register_forward_hook(hook(name)) for name, m in leaves]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return pd.DataFrame(rows, columns=["layer", "type", "details", "output", "params"])
