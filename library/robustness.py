@@ -74,16 +74,23 @@ def standing_at_start(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target
     return predicted != target if target is not None else predicted == y
 
 
+def _targets_and_standing(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor,
+                          standing: torch.Tensor | None, classes: int | None):
+    """A sweep's targets (None for an untargeted attack) and its flags: a copy of `standing` as given (a chunk
+    continuing another), else the images with something to attack at ε = 0."""
+    if classes is None:
+        with torch.no_grad():
+            classes = int(model.eval()(x[:1]).shape[1])
+    target = spec.targets(y, classes)
+    return target, standing_at_start(model, x, y, target) if standing is None else standing.clone()
+
+
 def sweep(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torch.Tensor, eps_values: list[float],
           standing: torch.Tensor | None = None, classes: int | None = None,
           batch_size: int = 256) -> tuple[list[dict[str, Any]], torch.Tensor]:
     """Attack the standing images at each ε (ascending) with robust flags. Returns one row per ε (n, standing,
     attacked, backward passes, seconds) and the flags after the last ε, to continue with a next chunk."""
-    if classes is None:
-        with torch.no_grad():
-            classes = int(model.eval()(x[:1]).shape[1])
-    target = spec.targets(y, classes)
-    standing = standing_at_start(model, x, y, target) if standing is None else standing.clone()
+    target, standing = _targets_and_standing(model, spec, x, y, standing, classes)
     rows = []
     for eps in sorted(eps_values):
         attack = spec.build(model, eps)
@@ -106,12 +113,8 @@ def bisection_sweep(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: torc
     every larger ε (its adversarial image is a witness, as in `sweep`); one that survives the attack at ε counts
     as standing at every smaller ε, where the attack searches a smaller ball (an assumption `sweep` does not
     make: its curve may then differ where the attack is not monotone in ε). Same rows and return as `sweep`."""
-    if classes is None:
-        with torch.no_grad():
-            classes = int(model.eval()(x[:1]).shape[1])
     grid = sorted(eps_values)
-    target = spec.targets(y, classes)
-    standing = standing_at_start(model, x, y, target) if standing is None else standing.clone()
+    target, standing = _targets_and_standing(model, spec, x, y, standing, classes)
     # an image stands at grid[k] for k < lo, is broken at grid[k] for k >= hi; bisect until lo == hi
     lo = torch.zeros(len(x), dtype=torch.long, device=x.device)
     hi = torch.where(standing, len(grid), 0).to(lo)
