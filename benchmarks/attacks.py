@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_name, interleave, save  # noqa: E402
 from library import tracking  # noqa: E402
-from library.attacks import PGD  # noqa: E402
+from library.adversarial.attacks import PGD  # noqa: E402
 from library.config import from_cli  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.model_specs import load_model_spec  # noqa: E402
-from library.robustness import AttackSpec, bisection_sweep, independent_work, sweep  # noqa: E402
+from library.adversarial.robustness import AttackSpec, bisection_sweep, independent_work, sweep  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 
 

@@ -33,17 +33,17 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from library import tracking  # noqa: E402
-from library.attacks import EOT, Attack, MomentumMargin, ProbabilityAscent  # noqa: E402
+from library.adversarial.attacks import EOT, Attack, MomentumMargin, ProbabilityAscent  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
-from library.backbones import class_names  # noqa: E402
+from library.pretrained.backbones import class_names  # noqa: E402
 from library.data.photos import load_rgb  # noqa: E402
-from library.features import LITE0, BackboneSpec  # noqa: E402
-from library.image_transforms import D2_TRANSFORMS  # noqa: E402
+from library.pretrained.features import LITE0, BackboneSpec  # noqa: E402
+from library.adversarial.transforms import D2_TRANSFORMS  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
 from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
-from library.synthesis import early_middle_late_layers, invert_features, maximise_class  # noqa: E402
+from library.adversarial.synthesis import early_middle_late_layers, invert_features, maximise_class  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import mlflow  # noqa: E402
 
 from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
-from library.features import FeatureOptions, extract_features  # noqa: E402
+from library.pretrained.features import FeatureOptions, extract_features  # noqa: E402
 
 @dataclass(frozen=True)
 class JobConfig(FeatureOptions):

@@ -22,10 +22,10 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from library import tracking  # noqa: E402
-from library.backbones import create_backbone  # noqa: E402
+from library.pretrained.backbones import create_backbone  # noqa: E402
 from library.cli import run_job  # noqa: E402
-from library.features import LITE0, BackboneSpec, FeatureOptions, load_photos  # noqa: E402
-from library.finetune import FinetuneConfig, finetune  # noqa: E402
+from library.pretrained.features import LITE0, BackboneSpec, FeatureOptions, load_photos  # noqa: E402
+from library.pretrained.finetune import FinetuneConfig, finetune  # noqa: E402
 from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
 
 

@@ -31,7 +31,7 @@ from library.data.options import DataOptions, load_data  # noqa: E402
 from library.model_specs import load_model_spec  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
-from library.synthesis import early_middle_late_layers, invert_features, maximise_class  # noqa: E402
+from library.adversarial.synthesis import early_middle_late_layers, invert_features, maximise_class  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
-from library.features import Extraction, FeatureOptions, extract_features  # noqa: E402
+from library.pretrained.features import Extraction, FeatureOptions, extract_features  # noqa: E402
 from library.plots import confusion_matrix_figure, image_gallery_figure  # noqa: E402
-from library.probe import C_GRID, ProbeResult, linear_probe  # noqa: E402
+from library.pretrained.probe import C_GRID, ProbeResult, linear_probe  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import mlflow  # noqa: E402
 
-from library import study_report  # noqa: E402
+from library.search import study_report  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import project  # noqa: E402
-from library.studies import StudyJobConfig, run_study_job, smoke_settings  # noqa: E402
-from library.training import TrainConfig  # noqa: E402
+from library.search.study import StudyJobConfig, run_study_job, smoke_settings  # noqa: E402
+from library.train.loop import TrainConfig  # noqa: E402
 
 
 @dataclass(frozen=True)

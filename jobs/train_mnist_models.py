@@ -27,9 +27,9 @@ from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError, project  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.fitting import Fit, fit_remote, log_fit  # noqa: E402
+from library.train.fit import Fit, fit_remote, log_fit  # noqa: E402
 from library.models import create_model  # noqa: E402
-from library.training import TrainConfig  # noqa: E402
+from library.train.loop import TrainConfig  # noqa: E402
 from library.ray_runtime import ray_init  # noqa: E402
 
 

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from library import tracking  # noqa: E402
-from library.attacks import IterativeFGSM  # noqa: E402
+from library.adversarial.attacks import IterativeFGSM  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402

@@ -28,21 +28,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import mlflow  # noqa: E402
 
-from library import sweep_report, tracking  # noqa: E402
+from library.search import sweep_report  # noqa: E402
+from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError, project  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.fitting import log_fit  # noqa: E402
-from library.search_space import DEFAULT_SPACE, SearchSpace  # noqa: E402
-from library.training import TrainConfig  # noqa: E402
+from library.train.fit import log_fit  # noqa: E402
+from library.search.space import DEFAULT_SPACE, SearchSpace  # noqa: E402
+from library.train.loop import TrainConfig  # noqa: E402
 from library.ray_runtime import ray_init  # noqa: E402
-from library.tuning import SweepOptions, final_fit, run_sweep, validate_sweep  # noqa: E402
+from library.search.sweep import SweepOptions, final_fit, run_sweep, validate_sweep  # noqa: E402
 
 
 @dataclass(frozen=True)
 class JobConfig(SweepOptions, TrainConfig, DataOptions):
     model: str = "improved_cnn"  # the family the space's model options belong to
-    space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))  # see library/search_space.py
+    space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))  # see library/search/space.py
     retrain: bool = True  # retrain the best configuration on the whole training set and test it once
     final_epochs: int = 0  # epochs of that final fit; 0 = the best trial's epoch budget
     final_train_size: int = 0  # cap on its training images (train+val); 0 = the whole training set

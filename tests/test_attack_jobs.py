@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, job_env
-from library.image_transforms import D2_TRANSFORMS, crop80, rotate30
+from library.adversarial.transforms import D2_TRANSFORMS, crop80, rotate30
 
 
 def run(job: str, store, *args, data_root=None):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import synthetic_images
-from library.attacks import EOT, FGSM, PGD, IterativeFGSM, MomentumMargin, ProbabilityAscent
+from library.adversarial.attacks import EOT, FGSM, PGD, IterativeFGSM, MomentumMargin, ProbabilityAscent
 from library.models import create_model
 
 EPS = 8 / 255
@@ -125,7 +125,7 @@ def test_attacking_through_eot_leaves_the_wrapped_model_in_its_mode(trained):
 
 
 def test_sweep_with_robust_flags_is_monotone_and_does_less_work(trained):
-    from library.robustness import AttackSpec, independent_work, sweep
+    from library.adversarial.robustness import AttackSpec, independent_work, sweep
 
     model, x, y = trained
     eps = [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
@@ -143,7 +143,7 @@ def test_sweep_with_robust_flags_is_monotone_and_does_less_work(trained):
 
 
 def test_bisection_gives_the_monotone_curve_with_fewer_attacks(trained):
-    from library.robustness import AttackSpec, bisection_sweep, sweep
+    from library.adversarial.robustness import AttackSpec, bisection_sweep, sweep
 
     model, x, y = trained
     eps = [k / 255 for k in (1, 2, 4, 8, 16, 32, 64)]
@@ -158,7 +158,7 @@ def test_bisection_gives_the_monotone_curve_with_fewer_attacks(trained):
 
 
 def test_targeted_sweep_counts_images_not_yet_at_their_target(trained):
-    from library.robustness import AttackSpec, sweep
+    from library.adversarial.robustness import AttackSpec, sweep
 
     model, x, y = trained
     rows, _ = sweep(model, AttackSpec("pgd", steps=10, targeted=True), x, y, [0.05, 0.3])
@@ -166,7 +166,7 @@ def test_targeted_sweep_counts_images_not_yet_at_their_target(trained):
 
 
 def test_wilson_interval_and_the_pgd_table(trained):
-    from library.robustness import pgd_table, wilson_interval
+    from library.adversarial.robustness import pgd_table, wilson_interval
 
     low, high = wilson_interval(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)

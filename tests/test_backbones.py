@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from library.backbones import (EFFICIENTNET_LITE0_PACKAGE, WEIGHTS_DIR_ENV, BackboneWeightsError, create_backbone,
+from library.pretrained.backbones import (EFFICIENTNET_LITE0_PACKAGE, WEIGHTS_DIR_ENV, BackboneWeightsError, create_backbone,
                                efficientnet_pytorch_to_timm, read_state_dict)
 from library.config import ConfigError
 

@@ -1,7 +1,7 @@
 """A10a: a bias before BatchNorm changes neither the output nor the other gradients, and gets no gradient."""
 import pytest
 
-from library.bias_before_bn import bias_before_bn_check
+from library.train.bias_before_bn import bias_before_bn_check
 
 
 @pytest.mark.parametrize("model", ["mish_cnn_bn", "allconv_cnn", "improved_cnn"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO, job_env
-from library.backbones import create_backbone
+from library.pretrained.backbones import create_backbone
 from library.explain import blend, class_activation_map, early_middle_late, saliency_map, top_k
 from library.models import create_model
 

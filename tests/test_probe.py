@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from library.probe import (confusion_matrix, fit_logistic, linear_probe, mean_per_class_accuracy, per_class_accuracy,
+from library.pretrained.probe import (confusion_matrix, fit_logistic, linear_probe, mean_per_class_accuracy, per_class_accuracy,
                            stratified_split)
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model", reason="scikit-learn is the reference (test extra)")

@@ -7,9 +7,9 @@ import torch
 from ray import tune
 
 from library.config import ConfigError
-from library.search_space import DEFAULT_SPACE, SearchSpace, dimension, optuna_distributions
-from library.training import TrainConfig
-from library.tuning import CheckpointError, SweepOptions, _load_checkpoint, expected_trials, merge_train_val
+from library.search.space import DEFAULT_SPACE, SearchSpace, dimension, optuna_distributions
+from library.train.loop import TrainConfig
+from library.search.sweep import CheckpointError, SweepOptions, _load_checkpoint, expected_trials, merge_train_val
 
 BASE = TrainConfig(model="improved_cnn")
 
@@ -97,7 +97,7 @@ def test_the_final_fit_trains_on_train_and_validation_together(cifar_root):
 
 
 def test_pbt_needs_random_or_grid_search_and_a_mutable_training_parameter():
-    from library.tuning import validate_sweep
+    from library.search.sweep import validate_sweep
 
     with pytest.raises(ConfigError, match="pbt needs search=random"):
         SweepOptions(scheduler="pbt")

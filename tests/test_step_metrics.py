@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from library.data import ImageData, ImageSet
 from library.models import create_model
-from library.step_metrics import GradientMagnitude, StepRecorder, conv_layers
-from library.training import TrainConfig, train
+from library.train.step_metrics import GradientMagnitude, StepRecorder, conv_layers
+from library.train.loop import TrainConfig, train
 
 
 def test_hook_reports_the_max_abs_gradient_of_the_weight():

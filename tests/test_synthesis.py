@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from library.models import create_model
-from library.synthesis import early_middle_late_layers, invert_features, maximise_class
+from library.adversarial.synthesis import early_middle_late_layers, invert_features, maximise_class
 
 
 @pytest.fixture

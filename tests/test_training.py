@@ -5,7 +5,7 @@ import torch
 
 from library.config import ConfigError
 from library.data import load_cifar10
-from library.training import TrainConfig, build_model, evaluate, make_optimizer, make_scheduler, train
+from library.train.loop import TrainConfig, build_model, evaluate, make_optimizer, make_scheduler, train
 
 FAST = dict(batch_size=32, eval_batch_size=128, warmup_epochs=0.5)
 

@@ -48,7 +48,7 @@ class Backbone:
 
     def pixel_model(self) -> nn.Module:
         """The model taking [0, 1] images at the input size (its normalisation inside), as attacks expect."""
-        from .models.layers import Normalize
+        from ..models.layers import Normalize
 
         return nn.Sequential(Normalize(self.data_config["mean"], self.data_config["std"]), self.model).eval()
 
@@ -178,7 +178,7 @@ def create_backbone(name: str, weights: str = "hub", num_classes: int | None = N
     import timm
 
     if name not in timm.list_models() and name not in timm.list_pretrained():
-        from .config import ConfigError
+        from ..config import ConfigError
 
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
         raise ConfigError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))

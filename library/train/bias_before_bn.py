@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import create_model
+from ..models import create_model
 
 
 def _with_biases(model: nn.Module, generator: torch.Generator) -> nn.Module:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models.scratch import Conv2d as ScratchConv2d
+from ..models.scratch import Conv2d as ScratchConv2d
 
 
 def conv_layers(model: nn.Module) -> list[nn.Module]:

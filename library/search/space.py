@@ -16,9 +16,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .config import ConfigError, coerce
-from .models import create_model, model_kwargs
-from .training import TrainConfig
+from ..config import ConfigError, coerce
+from ..models import create_model, model_kwargs
+from ..train.loop import TrainConfig
 
 DERIVED = ("width", "stages")  # become the model's `widths`
 NOT_SEARCHABLE = ("model", "model_kw", "device", "seed")

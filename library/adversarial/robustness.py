@@ -37,7 +37,7 @@ class AttackSpec:
 
     def __post_init__(self):
         if self.name not in ATTACKS:
-            from .config import ConfigError
+            from ..config import ConfigError
 
             raise ConfigError(f"unknown attack {self.name!r}; choose from {', '.join(ATTACKS)}")
 

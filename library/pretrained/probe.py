@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .runtime import pick_device
+from ..runtime import pick_device
 
 C_GRID = tuple(float(c) for c in np.logspace(-1, 6, 15))  # 0.1 … 10⁶, half a decade apart (unit-norm features
 # need little regularisation: their logits are small unless the weights are large)

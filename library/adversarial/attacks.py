@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runtime import eval_mode
+from ..runtime import eval_mode
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 Index = torch.Tensor | slice  # which samples of the batch a step works on

@@ -19,13 +19,13 @@ from typing import Any, Literal
 
 import torch
 
-from . import tracking
-from .config import ConfigError
-from .data import ImageData, ImageSet
-from .fitting import Fit, fit_remote
-from .ray_runtime import use_assigned_cpus
-from .search_space import SearchSpace
-from .training import TrainConfig, evaluate, train
+from .. import tracking
+from ..config import ConfigError
+from ..data import ImageData, ImageSet
+from ..ray_runtime import use_assigned_cpus
+from ..train.fit import Fit, fit_remote
+from ..train.loop import TrainConfig, evaluate, train
+from .space import SearchSpace
 
 CHECKPOINT_FILE = "train_state.pt"
 STORAGE_ENV = "CV_STORAGE_PATH"
@@ -243,7 +243,7 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
     Call `tracking.connect()` and `ray.init()` first. The parent run is found again by the sweep's storage path,
     so a resumed sweep logs into the same parent and children.
     """
-    from .tune_tracking import MLflowTrialRuns
+    from .trial_runs import MLflowTrialRuns
 
     uri = tracking.tracking_uri()
     parent, created = tracking.find_or_create_run(

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..data.photos import PhotoDataset, PhotoSet
+from ..runtime import eval_mode, pick_device, seed_everything
 from .backbones import Backbone
-from .data.photos import PhotoDataset, PhotoSet
-from .runtime import eval_mode, pick_device, seed_everything
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import mlflow
 from mlflow.entities import Metric
 from ray.tune import Callback
 
-from . import tracking
-from .search_space import SearchSpace
+from .. import tracking
+from .space import SearchSpace
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_robust_acc", "lr", "images_per_s", "epoch_s",
            "test_loss", "test_acc")

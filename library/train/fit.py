@@ -15,12 +15,12 @@ import mlflow
 import torch
 from torch import nn
 
-from . import tracking
-from .data import ImageData
-from .models import create_model, first_conv
-from .ray_runtime import use_assigned_cpus
-from .plots import filter_grid_figure, training_curves_figure
-from .training import EpochCallback, TrainConfig, evaluate, model_options, robust_accuracy, train
+from .. import tracking
+from ..data import ImageData
+from ..models import create_model, first_conv
+from ..plots import filter_grid_figure, training_curves_figure
+from ..ray_runtime import use_assigned_cpus
+from .loop import EpochCallback, TrainConfig, evaluate, model_options, robust_accuracy, train
 
 
 @dataclass

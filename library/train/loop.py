@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import PGD
-from .config import ConfigError, project
-from .data import Augment, DeviceLoader, ImageData, ImageSet
-from .models import create_model, model_kwargs
-from .runtime import eval_mode, keep_freed_memory, pick_device, seed_everything
+from ..adversarial.attacks import PGD
+from ..config import ConfigError, project
+from ..data import Augment, DeviceLoader, ImageData, ImageSet
+from ..models import create_model, model_kwargs
+from ..runtime import eval_mode, keep_freed_memory, pick_device, seed_everything
 from .step_metrics import StepRecorder
 
 

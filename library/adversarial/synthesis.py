@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .explain import conv_outputs
-from .runtime import eval_mode
+from ..explain import conv_outputs
+from ..runtime import eval_mode
 
 
 def maximise_class(model: nn.Module, start: torch.Tensor, classes: list[int], steps: int = 200, lr: float = 0.02,

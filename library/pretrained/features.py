@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.photos import PhotoDataset, PhotoSet
+from ..data.storage import data_root
+from ..runtime import pick_device
 from .backbones import Backbone, create_backbone
-from .data.photos import PhotoDataset, PhotoSet
-from .data.storage import data_root
-from .runtime import pick_device
 
 CACHE_ENV = "CV_FEATURE_CACHE"
 
@@ -122,7 +122,7 @@ def extract(backbone: Backbone, photos: PhotoSet, index: range, batch_size: int 
 
 def extract_shard(spec: BackboneSpec, photos: PhotoSet, entry: CacheEntry, shard: int, batch_size: int) -> dict:
     """One unit of work (a Ray task): load the backbone, extract one shard into the cache; returns timings."""
-    from .ray_runtime import use_assigned_cpus
+    from ..ray_runtime import use_assigned_cpus
 
     threads = use_assigned_cpus()
     start = time.perf_counter()
@@ -216,7 +216,7 @@ class FeatureOptions:
     ray_address: str = ""  # default: $RAY_ADDRESS, else a running cluster on this machine, else a local Ray
 
     def __post_init__(self):
-        from .config import ConfigError
+        from ..config import ConfigError
 
         if not self.backbones:
             raise ConfigError("backbones is empty")
@@ -227,7 +227,7 @@ class FeatureOptions:
 
 
 def load_photos(opts: FeatureOptions) -> list[PhotoSet]:
-    from .data.photos import load_image_folder, load_pets
+    from ..data.photos import load_image_folder, load_pets
 
     sets = [load_image_folder(opts.folder)] if opts.dataset == "folder" else [
         load_pets(opts.data_root or None, split) for split in opts.splits]
@@ -239,7 +239,7 @@ def load_photos(opts: FeatureOptions) -> list[PhotoSet]:
 def extract_features(opts: FeatureOptions) -> list[Extraction]:
     """Every (backbone, split) pair's features, from the cache or computed as Ray tasks; Ray is started only
     when something is missing. Ordered backbone-major, splits in `opts.splits` order."""
-    from .ray_runtime import ray_init
+    from ..ray_runtime import ray_init
 
     photos = load_photos(opts)
     pairs = [(BackboneSpec.parse(text), p) for text in opts.backbones for p in photos]

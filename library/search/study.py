@@ -19,16 +19,17 @@ import mlflow
 import pandas as pd
 import torch
 
-from . import study_report, tracking
-from .config import ConfigError
-from .data import ImageData
-from .data.options import DataOptions, load_data
-from .models import create_model, first_conv
-from .plots import filter_grid_figure
-from .ray_runtime import ray_init
-from .search_space import dimension
-from .training import TrainConfig, model_options
-from .tuning import CHECKPOINT_FILE, SweepOptions, SweepOutcome, run_sweep, validate_sweep
+from .. import tracking
+from ..config import ConfigError
+from ..data import ImageData
+from ..data.options import DataOptions, load_data
+from ..models import create_model, first_conv
+from ..plots import filter_grid_figure
+from ..ray_runtime import ray_init
+from ..train.loop import TrainConfig, model_options
+from . import study_report
+from .space import dimension
+from .sweep import CHECKPOINT_FILE, SweepOptions, SweepOutcome, run_sweep, validate_sweep
 
 
 @dataclass(frozen=True)

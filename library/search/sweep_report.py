@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .tune_tracking import SPACE_PARAM_PREFIX
+from .trial_runs import SPACE_PARAM_PREFIX
 
 
 def child_runs(parent_run_id: str) -> pd.DataFrame:
@@ -78,7 +78,7 @@ def importances(table: pd.DataFrame, spec: dict[str, Any], metric: str = "val_ac
     whatever searcher produced them). Empty when there are too few trials to say."""
     import optuna
 
-    from .search_space import dimension, optuna_distributions
+    from .space import dimension, optuna_distributions
 
     dims = [dimension(name, value) for name, value in spec.items() if name in table.columns]
     dists = optuna_distributions(dims)

@@ -1,0 +1,1 @@
+"""Adversarial attacks, ε-sweeps, images made from input gradients."""

@@ -1,0 +1,1 @@
+"""Pretrained backbones: weights, features, probes, fine-tuning."""

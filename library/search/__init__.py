@@ -1,0 +1,1 @@
+"""Searches and studies on Ray Tune, and their reports from MLflow."""

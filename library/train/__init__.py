@@ -1,0 +1,1 @@
+"""Training: the loop, per-iteration metrics, a fit as a unit of work."""
