@@ -22,14 +22,13 @@ from library import tracking  # noqa: E402
 from library.adversarial.attacks import PGD  # noqa: E402
 from library.config import from_cli  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.model_specs import load_model_spec  # noqa: E402
 from library.adversarial.robustness import AttackSpec, bisection_sweep, independent_work, sweep  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Config:
-    model: str = "registered:mnist_a"  # see library/model_specs.py
+    model: str = "registered:mnist_a"  # see library.tracking.load_model_spec
     dataset: str = "mnist"
     images: int = 512
     steps: int = 10
@@ -45,7 +44,7 @@ def main() -> None:
     tracking.connect()
     data = load_data(DataOptions(dataset=cfg.dataset, val_size=0, test_size=cfg.images))
     x, y = data.test.images.float().div(255).to(device), data.test.labels.to(device)
-    model = load_model_spec(cfg.model, data.num_classes, data.image_shape[0]).to(device).eval()
+    model = tracking.load_model_spec(cfg.model, data.num_classes, data.image_shape[0]).to(device).eval()
     eps = cfg.eps_255 / 255
     ours = PGD(model, eps, alpha=eps / 4, steps=cfg.steps, random_start=False, early_stop=False)
 

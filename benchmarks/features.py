@@ -25,7 +25,8 @@ from dataclasses import dataclass  # noqa: E402
 from benchmarks.common import device_name, interleave, save  # noqa: E402
 from library.config import from_cli  # noqa: E402
 from library.data.photos import load_pets  # noqa: E402
-from library.pretrained.features import LITE0, BackboneSpec, extract  # noqa: E402
+from library.pretrained.backbones import LITE0, BackboneSpec  # noqa: E402
+from library.pretrained.features import extract  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,13 +36,11 @@ from library import tracking  # noqa: E402
 from library.adversarial.attacks import EOT, Attack, MomentumMargin, ProbabilityAscent  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
-from library.pretrained.backbones import class_names  # noqa: E402
+from library.pretrained.backbones import LITE0, BackboneSpec, class_names  # noqa: E402
 from library.data.photos import load_rgb  # noqa: E402
-from library.pretrained.features import LITE0, BackboneSpec  # noqa: E402
 from library.adversarial.transforms import D2_TRANSFORMS  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
-from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
-from library.runtime import pick_device  # noqa: E402
+from library.runtime import pick_device, ray_init, remote_task  # noqa: E402
 from library.adversarial.synthesis import early_middle_late_layers, invert_features, maximise_class  # noqa: E402
 
 
@@ -149,7 +147,6 @@ def build_attack(label: str, model, cfg: JobConfig) -> Attack:
 
 def _on_device(model, *tensors):
     """Inside a task: the model and tensors on the task's device (the GPU Ray assigned it, else the CPU)."""
-    use_assigned_cpus()
     device = pick_device("auto")
     return (model.to(device), *(t.to(device) for t in tensors))
 
@@ -223,10 +220,9 @@ def main(cfg: JobConfig) -> dict:
     start = load_rgb([cfg.start], size) if cfg.start else torch.full((1, 3, *size), 0.5)
     names = class_names(1000)
     ray_init(cfg.ray_address)
-    gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
     def remote(fn):
-        return ray.remote(fn).options(num_cpus=cfg.cpus_per_task, num_gpus=gpus)
+        return remote_task(fn, cfg.cpus_per_task, cfg.gpus_per_task)
 
     # every attack, D8 and D9 at once: one coarse task each, the model shipped once through the object store
     model_ref = ray.put(model)

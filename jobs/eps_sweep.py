@@ -33,8 +33,7 @@ from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.model_specs import load_model_spec  # noqa: E402
-from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
+from library.runtime import ray_init, remote_task  # noqa: E402
 from library.adversarial.robustness import AttackSpec, bisection_sweep, pgd_table, sweep, wilson_interval  # noqa: E402
 
 
@@ -75,7 +74,6 @@ SMOKE = {"models": ["init:mnist_a", "init:mnist_b"], "attacks": ["fgsm", "pgd"],
 
 
 def sweep_task(model, spec: AttackSpec, x, y, eps: list[float], standing, classes: int, search: str):
-    use_assigned_cpus()
     run = bisection_sweep if search == "bisect" else sweep
     return run(model, spec, x.float().div(255), y, eps, standing, classes)
 
@@ -115,8 +113,7 @@ def run_sweeps(models: dict, specs: list[AttackSpec], x, y, cfg: JobConfig, clas
     import ray
     from tqdm.auto import tqdm
 
-    gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    task = ray.remote(sweep_task).options(num_cpus=cfg.cpus_per_task, num_gpus=gpus)
+    task = remote_task(sweep_task, cfg.cpus_per_task, cfg.gpus_per_task)
     eps = sorted(e / 255 for e in cfg.eps_255)
     per_task = len(eps) if cfg.search == "bisect" else cfg.eps_per_task
     chunks = [eps[i:i + per_task] for i in range(0, len(eps), per_task)]
@@ -147,7 +144,7 @@ def main(cfg: JobConfig) -> dict:
     data = load_data(cfg)
     test = data.test
     x, y = test.images, test.labels
-    models = {spec: load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
+    models = {spec: tracking.load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
     specs = [AttackSpec(name, steps=cfg.steps, targeted=cfg.targeted) for name in cfg.attacks]
     ray_init(cfg.ray_address)
     with tracking.start_run(cfg.experiment, run_name="eps_sweep", config=cfg) as run:

@@ -22,11 +22,11 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from library import tracking  # noqa: E402
-from library.pretrained.backbones import create_backbone  # noqa: E402
+from library.pretrained.backbones import LITE0, BackboneSpec, create_backbone  # noqa: E402
 from library.cli import run_job  # noqa: E402
-from library.pretrained.features import LITE0, BackboneSpec, FeatureOptions, load_photos  # noqa: E402
+from library.pretrained.features import FeatureOptions, load_photos  # noqa: E402
 from library.pretrained.finetune import FinetuneConfig, finetune  # noqa: E402
-from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
+from library.runtime import ray_init, remote_task  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,6 @@ SMOKE = {"backbone": "resnet18@none", "limit": 12, "epochs": 1, "batch_size": 4,
 
 def arm(spec: BackboneSpec, pretrained: bool, train, test, cfg: FinetuneConfig) -> dict:
     """One Ray task: the backbone with its weights (or random ones), fine-tuned and tested."""
-    use_assigned_cpus()
     backbone = spec.load() if pretrained else create_backbone(spec.name, weights="none")
     return finetune(backbone, train, test, cfg, pretrained)
 
@@ -59,8 +58,7 @@ def main(cfg: JobConfig) -> dict:
     train, test = load_photos(FeatureOptions(backbones=(cfg.backbone,), data_root=cfg.data_root, limit=cfg.limit))
     uri = tracking.connect()
     ray_init(cfg.ray_address)
-    gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    task = ray.remote(arm).options(num_cpus=cfg.cpus_per_task, num_gpus=gpus)
+    task = remote_task(arm, cfg.cpus_per_task, cfg.gpus_per_task)
     train_cfg = FinetuneConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(FinetuneConfig)})
     arms = {"pretrained": True, "scratch": False}
     refs = {name: task.remote(spec, pretrained, train, test, train_cfg) for name, pretrained in arms.items()}

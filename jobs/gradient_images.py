@@ -28,7 +28,6 @@ from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.model_specs import load_model_spec  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 from library.adversarial.synthesis import early_middle_late_layers, invert_features, maximise_class  # noqa: E402
@@ -110,7 +109,7 @@ def main(cfg: JobConfig) -> dict:
     if unknown:
         raise ConfigError(f"classes {unknown} are not classes of {data.name} (0..{len(names) - 1})")
     device = pick_device(cfg.device)
-    models = {spec: load_model_spec(spec, data.num_classes, data.image_shape[0]).to(device).eval() for spec in cfg.models}
+    models = {spec: tracking.load_model_spec(spec, data.num_classes, data.image_shape[0]).to(device).eval() for spec in cfg.models}
     x = data.test.images.float().div(255).to(device)
     y = data.test.labels.to(device)
     index = pick_image(next(iter(models.values())), x, y, cfg.start_class)

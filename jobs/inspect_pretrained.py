@@ -27,12 +27,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from library import tracking  # noqa: E402
-from library.pretrained.backbones import class_names, create_backbone  # noqa: E402
+from library.pretrained.backbones import LITE0, BackboneSpec, class_names, create_backbone  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.explain import blend, class_activation_map, classifier_layer, early_middle_late, saliency_map, top_k  # noqa: E402
 from library.data.photos import load_images, load_rgb  # noqa: E402
-from library.pretrained.features import LITE0, BackboneSpec  # noqa: E402
 from library.plots import map_grid_figure, top_k_figure  # noqa: E402
 
 

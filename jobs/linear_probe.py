@@ -70,10 +70,10 @@ def run_probes(pairs: list[tuple[Extraction, Extraction]], cfg: JobConfig) -> li
         return [probe_pair(train, test, cfg) for train, test in pairs]
     import ray
 
-    from library.ray_runtime import ray_init
+    from library.runtime import ray_init, remote_task
 
     ray_init(cfg.ray_address)
-    task = ray.remote(probe_pair).options(num_cpus=cfg.cpus_per_task)
+    task = remote_task(probe_pair, cfg.cpus_per_task)
     return ray.get([task.remote(train, test, cfg) for train, test in pairs])
 
 

@@ -30,7 +30,7 @@ from library.data.options import DataOptions, load_data  # noqa: E402
 from library.train.fit import Fit, fit_remote, log_fit  # noqa: E402
 from library.models import create_model  # noqa: E402
 from library.train.loop import TrainConfig  # noqa: E402
-from library.ray_runtime import ray_init  # noqa: E402
+from library.runtime import ray_init  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -85,13 +85,12 @@ def main(cfg: JobConfig) -> list[dict]:
     data = load_data(cfg)
     print(f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test images")
     ray_init(cfg.ray_address)
-    gpus = cfg.gpus_per_model if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     data_ref = ray.put(data)  # one copy in the object store for every task
     base = project(cfg, TrainConfig)
     pending = {}
     for i, name in enumerate(cfg.models):
         train_cfg = dataclasses.replace(base, model=name, seed=cfg.seed + i)
-        pending[fit_remote(train_cfg, data_ref, name, num_cpus=cfg.cpus_per_model, num_gpus=gpus)] = train_cfg
+        pending[fit_remote(train_cfg, data_ref, name, num_cpus=cfg.cpus_per_model, num_gpus=cfg.gpus_per_model)] = train_cfg
     summaries = []
     while pending:  # log each model as soon as it is done
         [done], _ = ray.wait(list(pending), num_returns=1)

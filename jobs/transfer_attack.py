@@ -28,9 +28,8 @@ from library.adversarial.attacks import IterativeFGSM  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.model_specs import load_model_spec  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
-from library.ray_runtime import ray_init, use_assigned_cpus  # noqa: E402
+from library.runtime import ray_init, remote_task  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,6 @@ def pick_images(model, x: torch.Tensor, y: torch.Tensor, classes: int, per_class
 
 def generate(model, x, y, step: float, confidence: float, max_steps: int):
     """One Ray task: iterative FGSM on `model` for the whole batch."""
-    use_assigned_cpus()
     result = IterativeFGSM(model, step=step, confidence=confidence, max_steps=max_steps)(x, y)
     return result.images, result.success, result.backward_passes, result.probabilities
 
@@ -103,9 +101,9 @@ def main(cfg: JobConfig) -> dict:
     uri = tracking.connect()
     data = load_data(cfg)
     x, y = data.test.images.float().div(255), data.test.labels
-    models = {spec: load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
+    models = {spec: tracking.load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
     ray_init(cfg.ray_address)
-    task = ray.remote(generate).options(num_cpus=cfg.cpus_per_task)
+    task = remote_task(generate, cfg.cpus_per_task)
     chosen = {name: pick_images(m, x, y, data.num_classes, cfg.per_class) for name, m in models.items()}
     refs = {name: task.remote(m, x[chosen[name]], y[chosen[name]], cfg.step_255 / 255, cfg.confidence, cfg.max_steps)
             for name, m in models.items()}

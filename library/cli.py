@@ -10,7 +10,8 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .config import ConfigError, describe, override, parse_argv
 from .data import DatasetNotFoundError
-from .tracking import ModelNotRegisteredError, TrackingUnavailableError, git_sha
+from .runtime import git_sha
+from .tracking import ModelNotRegisteredError, TrackingUnavailableError
 
 C = TypeVar("C")
 EXPECTED_ERRORS = (ConfigError, DatasetNotFoundError, ModelNotRegisteredError, TrackingUnavailableError)

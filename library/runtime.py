@@ -1,12 +1,16 @@
-"""Which device to run on, seeding, and the process settings that CPU training needs."""
+"""Where code runs: the device, seeding, the process settings CPU work needs, the code version, and Ray at the
+edges of a job (connecting a driver, a task's resources and threads). Ray is imported only when used."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import platform
 import random
-from typing import Iterator
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -66,3 +70,57 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model.eval()
     finally:
         model.train(was_training)
+
+
+GIT_SHA_ENV = "CV_GIT_SHA"  # set by launchers where the code travels without its .git (ray job submit)
+
+
+def git_sha() -> str:
+    """The code version: $CV_GIT_SHA when set, else this checkout's HEAD, else "unknown"."""
+    if os.environ.get(GIT_SHA_ENV):
+        return os.environ[GIT_SHA_ENV]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ray_init(address: str = "") -> None:
+    """Connect to `address`, $RAY_ADDRESS (set by `ray job submit`), or start a local Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
+                 runtime_env={"env_vars": {GIT_SHA_ENV: git_sha()}})
+
+
+def cluster_has_gpu() -> bool:
+    """Whether the connected Ray cluster has any GPU (so tasks and trials may ask for one)."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def use_assigned_cpus() -> int:
+    """Inside a Ray task or trial: as many torch threads as CPUs Ray reserved for it (Ray's default for a
+    worker is 1 thread whatever it reserved). Returns the thread count."""
+    import ray
+
+    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def remote_task(fn: Callable[..., Any], num_cpus: float = 1.0, num_gpus: float = 0.0):
+    """`fn` as a Ray remote function reserving `num_cpus` CPUs and, where the cluster has GPUs, `num_gpus`; inside
+    the task torch runs on as many threads as CPUs were reserved. Call `ray_init()` first; `.remote(...)` it."""
+    import ray
+
+    @functools.wraps(fn)
+    def sized(*args, **kwargs):
+        use_assigned_cpus()
+        return fn(*args, **kwargs)
+
+    return ray.remote(sized).options(num_cpus=num_cpus, num_gpus=num_gpus if cluster_has_gpu() else 0.0)

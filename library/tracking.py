@@ -1,4 +1,5 @@
-"""MLflow helpers: where runs go, what every run records, and how models come back out.
+"""MLflow helpers: where runs go, what every run records, and how models come back out (by run, by registered
+name, or by a model spec as jobs take them on the command line).
 
 The tracking URI is $MLFLOW_TRACKING_URI when set (a server, `http://head:5000`, on a cluster), else a local
 store in the working directory: `sqlite:///<cwd>/mlflow.db` with artifacts in `<cwd>/mlruns/` (MLflow 3's own
@@ -12,7 +13,6 @@ import math
 import os
 import platform
 import socket
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -29,12 +29,13 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from torch import nn
 
-from .config import flatten
+from .config import ConfigError, flatten
+from .runtime import git_sha
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
-GIT_SHA_ENV = "CV_GIT_SHA"  # set by launchers where the code travels without its .git (ray job submit)
 PACKAGES = ("torch", "torchvision", "timm", "ray", "mlflow", "optuna", "numpy", "pandas")
 MODEL_ARTIFACT_DIR = "model"
+SPACE_PARAM_PREFIX = "space."  # a trial's sampled values are params space.<name>; its full config beside them
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -107,17 +108,6 @@ def experiment_id(name: str) -> str:
         if found is None:
             raise
         return found.experiment_id
-
-
-def git_sha() -> str:
-    if os.environ.get(GIT_SHA_ENV):
-        return os.environ[GIT_SHA_ENV]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def run_tags() -> dict[str, str]:
@@ -201,12 +191,6 @@ def log_rows(run_id: str, rows: Sequence[Mapping[str, float]], step_key: str, pr
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
-def log_figure(fig, artifact_file: str) -> None:
-    """Log a matplotlib figure (png/svg by extension) and release it."""
-    mlflow.log_figure(fig, artifact_file)
-    fig.clear()
-
-
 def save_model(model: nn.Module, directory: Path, name: str, model_kw: Mapping[str, Any]) -> Path:
     """Write `model.pt` (the state dict) and `model.json` (how to rebuild it) into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -279,3 +263,21 @@ def load_registered_model(name: str, version: int | None = None,
                           map_location: str | torch.device = "cpu") -> nn.Module:
     """The registered model `name` (newest version unless told), rebuilt by `load_model`, in eval mode."""
     return load_model(registered_run(name, version), map_location).eval()
+
+
+def load_model_spec(spec: str, num_classes: int, in_chans: int) -> nn.Module:
+    """A trained model named on the command line, in eval mode: `registered:<name>[:<version>]` (the model
+    registry), `run:<run id>` (a model a job logged into that run) or `init:<registry name>` (seeded random
+    weights, for smoke tests). Loaded on the driver; Ray tasks receive the modules, never MLflow connections."""
+    from .models import create_model
+
+    kind, _, rest = spec.partition(":")
+    if kind == "registered":
+        name, _, version = rest.partition(":")
+        return load_registered_model(name, int(version) if version else None)
+    if kind == "run":
+        return load_model(rest).eval()
+    if kind == "init":
+        torch.manual_seed(0)
+        return create_model(rest, num_classes=num_classes, in_chans=in_chans).eval()
+    raise ConfigError(f"model {spec!r}: use registered:<name>[:<version>], run:<run id> or init:<registry name>")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, job_env
-from library.pretrained.backbones import create_backbone, state_digest
+from library.pretrained.backbones import BackboneSpec, create_backbone, state_digest
 from library.data.photos import load_pets
-from library.pretrained.features import BackboneSpec, cache_key, extract, plan_extractions
+from library.pretrained.features import cache_key, extract, plan_extractions
 
 
 def test_features_are_unit_norm_pre_logits_of_num_features(pets_root):

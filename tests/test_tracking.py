@@ -24,7 +24,7 @@ def test_a_run_records_config_provenance_metrics_and_figures(mlflow_store, tmp_p
         tracking.log_epoch({"epoch": 1, "train_loss": 2.0, "val_acc": 0.3})
         tracking.log_epoch({"epoch": 2, "train_loss": 1.5, "val_acc": 0.4})
         from library.plots import training_curves_figure
-        tracking.log_figure(training_curves_figure([{"epoch": 1, "train_loss": 1.0}]), "curves.png")
+        mlflow.log_figure(training_curves_figure([{"epoch": 1, "train_loss": 1.0}]), "curves.png")
     client = mlflow.MlflowClient()
     got = client.get_run(run.info.run_id)
     assert got.data.params["model"] == "improved_cnn" and got.data.params["model_kw.depth"] == "1"

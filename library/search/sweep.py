@@ -22,7 +22,7 @@ import torch
 from .. import tracking
 from ..config import ConfigError
 from ..data import ImageData, ImageSet
-from ..ray_runtime import use_assigned_cpus
+from ..runtime import cluster_has_gpu, use_assigned_cpus
 from ..train.fit import Fit, fit_remote
 from ..train.loop import TrainConfig, evaluate, train
 from .space import SearchSpace
@@ -168,18 +168,12 @@ def validate_sweep(opts: SweepOptions, space: SearchSpace) -> None:
         space.tune_space(grid=opts.search == "grid")
 
 
-def _gpus_per_trial(opts: SweepOptions) -> float:
-    import ray
-
-    return opts.gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
-
 def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbacks: list, test: bool = False):
     """A new Tuner, or the restored one when the experiment path already holds this sweep."""
     from ray import tune
 
     path = opts.experiment_path()
-    resources = {"cpu": opts.cpus_per_trial, "gpu": _gpus_per_trial(opts)}
+    resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial if cluster_has_gpu() else 0.0}
     fn = tune.with_resources(tune.with_parameters(trainable, data=data, space=space, test=test), resources)
     if tune.Tuner.can_restore(path):
         if not opts.resume:
@@ -280,7 +274,7 @@ def final_fit(cfg: TrainConfig, data: ImageData, opts: SweepOptions) -> Fit:
     when the cluster has one, else all the CPUs of the largest node (one run, nothing else to share them with)."""
     import ray
 
-    if ray.cluster_resources().get("GPU", 0) > 0:
+    if cluster_has_gpu():
         gpus, cpus = 1.0, opts.cpus_per_trial
     else:
         node_cpus = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .trial_runs import SPACE_PARAM_PREFIX
+from ..tracking import SPACE_PARAM_PREFIX
 
 
 def child_runs(parent_run_id: str) -> pd.DataFrame:

@@ -19,7 +19,6 @@ from .space import SearchSpace
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_robust_acc", "lr", "images_per_s", "epoch_s",
            "test_loss", "test_acc")
 STEP_PREFIX = "step."  # per-iteration metrics (TrainConfig.log_steps): step.train_acc, step.grad_first, ...
-SPACE_PARAM_PREFIX = "space."  # sampled values are logged as params space.<name>; the full config beside them
 
 
 class MLflowTrialRuns(Callback):
@@ -40,7 +39,7 @@ class MLflowTrialRuns(Callback):
             self.experiment, {"trial_id": trial.trial_id, "sweep_parent": self.parent_run_id},
             run_name=self.space.run_name(trial.config) or str(trial), parent_run_id=self.parent_run_id)
         if created:
-            tracking.log_config(trial.config, run_id=run_id, prefix=SPACE_PARAM_PREFIX)
+            tracking.log_config(trial.config, run_id=run_id, prefix=tracking.SPACE_PARAM_PREFIX)
             tracking.log_config(self.space.apply(trial.config), run_id=run_id)
         history = self._client().get_metric_history(run_id, "val_acc")
         self._last_epoch[run_id] = max((m.step for m in history), default=0)
@@ -66,9 +65,3 @@ class MLflowTrialRuns(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._client().set_terminated(self.run_id(trial), "FAILED")
-
-
-def trial_params(run_params: dict[str, str]) -> dict[str, str]:
-    """The sampled point of a child run, from its params."""
-    return {k[len(SPACE_PARAM_PREFIX):]: v for k, v in run_params.items() if k.startswith(SPACE_PARAM_PREFIX)}
-

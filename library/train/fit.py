@@ -19,7 +19,7 @@ from .. import tracking
 from ..data import ImageData
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure, training_curves_figure
-from ..ray_runtime import use_assigned_cpus
+from ..runtime import remote_task
 from .loop import EpochCallback, TrainConfig, evaluate, model_options, robust_accuracy, train
 
 
@@ -52,8 +52,6 @@ def fit_and_test(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | No
 
 
 def _fit_task(cfg: TrainConfig, data: ImageData, label: str) -> Fit:
-    use_assigned_cpus()
-
     def progress(metrics: dict, state) -> None:  # Ray forwards a task's stdout to the driver's console
         val = "" if math.isnan(metrics["val_acc"]) else f"  val acc {metrics['val_acc']:.4f}"
         print(f"{label}: epoch {metrics['epoch']}/{state.total_epochs}  train loss {metrics['train_loss']:.4f}"
@@ -63,10 +61,9 @@ def _fit_task(cfg: TrainConfig, data: ImageData, label: str) -> Fit:
 
 
 def fit_remote(cfg: TrainConfig, data: ImageData, label: str, num_cpus: float, num_gpus: float):
-    """`fit_and_test` as a Ray task with these resources; returns its ObjectRef (a `Fit` once done)."""
-    import ray
-
-    return ray.remote(_fit_task).options(num_cpus=num_cpus, num_gpus=num_gpus).remote(cfg, data, label)
+    """`fit_and_test` as a Ray task with these resources (GPUs where the cluster has them); returns its ObjectRef
+    (a `Fit` once done)."""
+    return remote_task(_fit_task, num_cpus, num_gpus).remote(cfg, data, label)
 
 
 def log_fit(fit: Fit, run_id: str, title: str, prefix: str = "", epochs: bool = True,
