@@ -22,7 +22,8 @@ from library import tracking  # noqa: E402
 from library.adversarial.attacks import PGD  # noqa: E402
 from library.config import from_cli  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.adversarial.robustness import AttackSpec, bisection_sweep, independent_work, sweep  # noqa: E402
+from library.adversarial.registry import AttackSpec  # noqa: E402
+from library.adversarial.robustness import bisection_sweep, independent_work, sweep  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 
 

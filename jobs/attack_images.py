@@ -33,7 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from library import tracking  # noqa: E402
-from library.adversarial.attacks import EOT, Attack, MomentumMargin, ProbabilityAscent  # noqa: E402
+from library.adversarial.registry import AttackSpec  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.pretrained.backbones import LITE0, BackboneSpec, class_names  # noqa: E402
@@ -132,17 +132,12 @@ def top5_figure(start: torch.Tensor, images: torch.Tensor, probabilities: torch.
     return fig
 
 
-ATTACKS = ("d1_probability_ascent", "d7_momentum_margin", "d2_eot_momentum_margin")
-
-
-def build_attack(label: str, model, cfg: JobConfig) -> Attack:
-    eps = cfg.eps_255 / 255
-    if label == "d1_probability_ascent":
-        return ProbabilityAscent(model, eps, lr=cfg.lr, steps=cfg.steps)
-    if label == "d7_momentum_margin":
-        return MomentumMargin(model, eps, steps=cfg.steps, early_stop=False)
-    eot_model = EOT(model, list(D2_TRANSFORMS.values()), samples=cfg.eot_samples)
-    return MomentumMargin(eot_model, eps, steps=cfg.steps, early_stop=False)
+def attack_specs(cfg: JobConfig) -> dict[str, AttackSpec]:
+    """The job's three attacks at one budget: D1 (the seed's), D7 (momentum + margin), D2's EOT variant of D7."""
+    return {"d1_probability_ascent": AttackSpec("probability_ascent", steps=cfg.steps, lr=cfg.lr),
+            "d7_momentum_margin": AttackSpec("momentum_margin", steps=cfg.steps, early_stop=False),
+            "d2_eot_momentum_margin": AttackSpec("momentum_margin", steps=cfg.steps, early_stop=False,
+                                                 eot_samples=cfg.eot_samples)}
 
 
 def _on_device(model, *tensors):
@@ -151,11 +146,11 @@ def _on_device(model, *tensors):
     return (model.to(device), *(t.to(device) for t in tensors))
 
 
-def attack_task(model, label: str, cfg: JobConfig, x: torch.Tensor, targets: torch.Tensor):
+def attack_task(model, spec: AttackSpec, eps: float, x: torch.Tensor, targets: torch.Tensor):
     """One Ray task per attack: the adversarial images, and the plain model's probabilities on them (not the EOT
     average's: D2 asks whether the plain classifier is fooled)."""
     model, x, targets = _on_device(model, x, targets)
-    images = build_attack(label, model, cfg)(x, targets, target=targets).images
+    images = spec.build(model, eps)(x, targets, target=targets).images
     with torch.no_grad():
         return images.cpu(), model(images).softmax(1).cpu()
 
@@ -226,7 +221,8 @@ def main(cfg: JobConfig) -> dict:
 
     # every attack, D8 and D9 at once: one coarse task each, the model shipped once through the object store
     model_ref = ray.put(model)
-    attacks = {label: remote(attack_task).remote(model_ref, label, cfg, x, targets) for label in ATTACKS}
+    attacks = {label: remote(attack_task).remote(model_ref, spec, cfg.eps_255 / 255, x, targets)
+               for label, spec in attack_specs(cfg).items()}
     maximised = remote(maximise_task).remote(model_ref, start, list(cfg.maximise), cfg.maximise_steps) \
         if cfg.maximise else None
     inverted = remote(inversion_task).remote(model_ref, start, cfg.invert_steps) \

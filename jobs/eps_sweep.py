@@ -34,14 +34,15 @@ from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.runtime import ray_init, remote_task  # noqa: E402
-from library.adversarial.robustness import AttackSpec, bisection_sweep, pgd_table, sweep, wilson_interval  # noqa: E402
+from library.adversarial.registry import AttackSpec  # noqa: E402
+from library.adversarial.robustness import bisection_sweep, pgd_table, sweep, wilson_interval  # noqa: E402
 
 
 @dataclass(frozen=True)
 class JobConfig(DataOptions):
     dataset: str = "mnist"
     models: tuple[str, ...] = ("registered:mnist_a", "registered:mnist_b")
-    attacks: tuple[str, ...] = ("fgsm", "pgd", "momentum_margin")  # see library/adversarial/robustness.py ATTACKS
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "momentum_margin")  # see library/adversarial/registry.py ATTACKS
     targeted: bool = False  # attack toward label + 1 (mod classes) instead of away from the label
     steps: int = 10  # iterations of the iterative attacks
     eps_255: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)  # ε in units of 1/255, swept in increasing order

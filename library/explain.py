@@ -32,7 +32,8 @@ class TopK:
 def top_k(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[TopK]:
     """The k most probable classes of each image in the batch `x` (already preprocessed), with the
     probabilities (softmax over all classes) and the raw logits."""
-    logits = model.eval()(x).float()
+    with eval_mode(model):
+        logits = model(x).float()
     probabilities = logits.softmax(1)
     top = probabilities.topk(k, dim=1)
     return [TopK(i.tolist(), p.tolist(), logits[n, i].tolist()) for n, (p, i) in enumerate(zip(top.values, top.indices))]
@@ -48,9 +49,8 @@ def _spatial(features: torch.Tensor, model: nn.Module) -> torch.Tensor:
 def class_activation_map(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
     """E1 (Zhou et al., 2016): for a network ending in global average pooling and a linear layer, the map
     Σ_c w[class, c] · F_c of the last feature map F, upsampled bilinearly to the input size and scaled to [0, 1]
-    per image. `classes`: one per image, default the predicted class. Returns B×H×W."""
-    model.eval()
-    with torch.no_grad():
+    per image. `classes`: one per image, default the predicted class. The model's mode is restored. Returns B×H×W."""
+    with torch.no_grad(), eval_mode(model):
         features = _spatial(model.forward_features(x), model).float()
         weight = classifier_layer(model).weight.float()
         if classes is None:

@@ -125,7 +125,8 @@ def test_attacking_through_eot_leaves_the_wrapped_model_in_its_mode(trained):
 
 
 def test_sweep_with_robust_flags_is_monotone_and_does_less_work(trained):
-    from library.adversarial.robustness import AttackSpec, independent_work, sweep
+    from library.adversarial.registry import AttackSpec
+    from library.adversarial.robustness import independent_work, sweep
 
     model, x, y = trained
     eps = [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
@@ -143,7 +144,8 @@ def test_sweep_with_robust_flags_is_monotone_and_does_less_work(trained):
 
 
 def test_bisection_gives_the_monotone_curve_with_fewer_attacks(trained):
-    from library.adversarial.robustness import AttackSpec, bisection_sweep, sweep
+    from library.adversarial.registry import AttackSpec
+    from library.adversarial.robustness import bisection_sweep, sweep
 
     model, x, y = trained
     eps = [k / 255 for k in (1, 2, 4, 8, 16, 32, 64)]
@@ -158,7 +160,8 @@ def test_bisection_gives_the_monotone_curve_with_fewer_attacks(trained):
 
 
 def test_targeted_sweep_counts_images_not_yet_at_their_target(trained):
-    from library.adversarial.robustness import AttackSpec, sweep
+    from library.adversarial.registry import AttackSpec
+    from library.adversarial.robustness import sweep
 
     model, x, y = trained
     rows, _ = sweep(model, AttackSpec("pgd", steps=10, targeted=True), x, y, [0.05, 0.3])
@@ -176,3 +179,34 @@ def test_wilson_interval_and_the_pgd_table(trained):
     assert len(table) == 4 and all(0 <= r["top1"] <= r["top5"] <= 1 and r["seconds"] > 0 for r in table)
     by = {(r["iterations"], r["eps"]): r["top1"] for r in table}
     assert by[(5, 8 / 255)] <= by[(1, 2 / 255)]
+
+
+def test_every_attack_in_the_table_builds_by_name_and_an_unknown_name_lists_the_valid_ones(trained):
+    from library.adversarial.registry import ATTACKS, AttackSpec
+    from library.config import ConfigError
+
+    model, x, y = trained
+    torch.manual_seed(0)
+    rgb_model, rgb = create_model("mish_cnn").eval(), torch.rand(4, 3, 32, 32)  # D2's transformations are for RGB
+    for name in ATTACKS:
+        spec = AttackSpec(name, steps=2)
+        result = spec.build(model, EPS)(x[:4], y[:4], spec.targets(y[:4], 10))
+        assert (result.images - x[:4]).abs().max() <= EPS + 1e-6
+        eot = AttackSpec(name, steps=2, eot_samples=2)
+        result = eot.build(rgb_model, EPS)(rgb, y[:4], eot.targets(y[:4], 10))
+        assert (result.images - rgb).abs().max() <= EPS + 1e-6
+    with pytest.raises(ConfigError, match="unknown attack 'pgdd'.*fgsm.*momentum_margin.*pgd"):
+        AttackSpec("pgdd")
+
+
+@pytest.mark.parametrize("search", ["sweep", "bisection_sweep", "independent_work"])
+def test_sweeps_restore_the_model_mode(trained, search):
+    from library.adversarial import robustness
+    from library.adversarial.registry import AttackSpec
+
+    model, x, y = trained
+    for mode in (True, False):
+        model.train(mode)
+        getattr(robustness, search)(model, AttackSpec("fgsm"), x[:8], y[:8], [EPS])
+        assert model.training == mode
+    model.eval()

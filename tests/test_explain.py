@@ -29,9 +29,13 @@ def test_cam_and_saliency_are_input_sized_unit_range_maps(models, name, size):
         assert heat.shape == (3, size, size)
         assert heat.min() >= 0 and heat.max() <= 1
         assert torch.allclose(heat.flatten(1).amax(1), torch.ones(3)) and torch.allclose(heat.flatten(1).amin(1), torch.zeros(3))
-    model.train()
-    saliency_map(model, x)
-    assert model.training  # the mode is restored
+    for compute in (class_activation_map, saliency_map, lambda m, images: top_k(m, images)):
+        model.train()
+        compute(model, x)
+        assert model.training  # the mode is restored
+        model.eval()
+        compute(model, x)
+        assert not model.training
 
 
 def test_cam_of_a_chosen_class_is_that_class_weights_over_the_feature_map(models):

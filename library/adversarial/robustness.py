@@ -1,4 +1,4 @@
-"""Robust accuracy against ε: attacks by name, ε-sweeps with robust flags, confidence intervals, the PGD table.
+"""Robust accuracy against ε: ε-sweeps with robust flags or bisection, confidence intervals, the PGD table.
 
 An ε-sweep runs ε in increasing order and attacks, at each ε, only the images still standing (classified
 correctly, or for a targeted attack not yet pushed to the target, at every smaller ε). An image broken at ε is
@@ -10,67 +10,30 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .attacks import FGSM, PGD, Attack, IterativeFGSM, MomentumMargin, ProbabilityAscent
-
-ATTACKS = ("fgsm", "pgd", "iterative_fgsm", "momentum_margin", "probability_ascent")
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """An attack by name with its options; step sizes are fractions of ε so one spec serves every ε."""
-
-    name: str = "pgd"
-    steps: int = 10  # iterations (pgd, iterative_fgsm, momentum_margin, probability_ascent)
-    step_ratio: float = 0.25  # step size / ε (pgd, iterative_fgsm)
-    restarts: int = 0  # pgd
-    random_start: bool = True  # pgd
-    lr: float = 1.0  # probability_ascent's λ
-    targeted: bool = False  # attack toward `target_shift`-ed labels instead of away from the true ones
-    target_shift: int = 1  # target = (label + shift) mod classes
-    early_stop: bool = True  # stop on each sample once it succeeds (the baseline of the work benchmark: False)
-
-    def __post_init__(self):
-        if self.name not in ATTACKS:
-            from ..config import ConfigError
-
-            raise ConfigError(f"unknown attack {self.name!r}; choose from {', '.join(ATTACKS)}")
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}{'_targeted' if self.targeted else ''}"
-
-    def build(self, model: nn.Module, eps: float) -> Attack:
-        if self.name == "fgsm":
-            return FGSM(model, eps)
-        if self.name == "pgd":
-            return PGD(model, eps, alpha=self.step_ratio * eps, steps=self.steps, random_start=self.random_start,
-                       restarts=self.restarts, early_stop=self.early_stop)
-        if self.name == "iterative_fgsm":
-            return IterativeFGSM(model, step=self.step_ratio * eps, confidence=0.0, max_steps=self.steps, eps=eps,
-                                 early_stop=self.early_stop)
-        if self.name == "momentum_margin":
-            return MomentumMargin(model, eps, steps=self.steps, early_stop=self.early_stop)
-        return ProbabilityAscent(model, eps, lr=self.lr, steps=self.steps)
-
-    def targets(self, labels: torch.Tensor, classes: int) -> torch.Tensor | None:
-        return (labels + self.target_shift) % classes if self.targeted or self.name == "probability_ascent" else None
-
+from ..runtime import eval_mode
+from .attacks import PGD
+from .registry import AttackSpec
 
 def _batches(index: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
     """`index` in pieces of at most `size`; none when it is empty (split would give one empty piece)."""
     return index.split(size) if len(index) else ()
 
 
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits in eval mode, its own mode restored."""
+    with eval_mode(model):
+        return model(x)
+
+
 def standing_at_start(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     """Images with something to attack at ε = 0: correctly classified (untargeted) / not already the target."""
-    with torch.no_grad():
-        predicted = model.eval()(x).argmax(1)
+    predicted = _logits(model, x).argmax(1)
     return predicted != target if target is not None else predicted == y
 
 
@@ -79,8 +42,7 @@ def _targets_and_standing(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y
     """A sweep's targets (None for an untargeted attack) and its flags: a copy of `standing` as given (a chunk
     continuing another), else the images with something to attack at ε = 0."""
     if classes is None:
-        with torch.no_grad():
-            classes = int(model.eval()(x[:1]).shape[1])
+        classes = int(_logits(model, x[:1]).shape[1])
     target = spec.targets(y, classes)
     return target, standing_at_start(model, x, y, target) if standing is None else standing.clone()
 
@@ -142,8 +104,7 @@ def independent_work(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: tor
     image, run for its whole budget (no robust flags, no early stopping), as a loop over ε of a library's
     attack does. The baseline of the work benchmark."""
     baseline = dataclasses.replace(spec, early_stop=False)
-    with torch.no_grad():
-        target = spec.targets(y, int(model.eval()(x[:1]).shape[1]))
+    target = spec.targets(y, int(_logits(model, x[:1]).shape[1]))
     start = standing_at_start(model, x, y, target)
     return sum(sweep(model, baseline, x, y, [eps], start, batch_size=batch_size)[0][0]["backward_passes"]
                for eps in eps_values)

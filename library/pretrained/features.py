@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..data.photos import PhotoDataset, PhotoSet
 from ..data.storage import data_root
-from ..runtime import pick_device, ray_init, remote_task
+from ..runtime import eval_mode, pick_device, ray_init, remote_task
 from .backbones import LITE0, Backbone, BackboneSpec
 
 CACHE_ENV = "CV_FEATURE_CACHE"
@@ -91,16 +91,17 @@ def existing_entry(root: Path, key: str) -> CacheEntry | None:
 @torch.no_grad()
 def extract(backbone: Backbone, photos: PhotoSet, index: range, batch_size: int = 64, workers: int = 0,
             device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalised pre-logits (post-pool) features of `photos[index]`, and their labels."""
+    """L2-normalised pre-logits (post-pool) features of `photos[index]`, and their labels (in eval mode; the
+    backbone's mode is restored)."""
     target = pick_device(device)
-    model = backbone.model.to(target).eval()
     loader = torch.utils.data.DataLoader(PhotoDataset(photos, backbone.transform(), index), batch_size=batch_size,
                                          num_workers=workers, pin_memory=target.type == "cuda")
     features, labels = [], []
-    for x, y, _ in loader:
-        pooled = model.forward_head(model.forward_features(x.to(target, non_blocking=True)), pre_logits=True)
-        features.append(F.normalize(pooled.float(), dim=1).cpu())
-        labels.append(y)
+    with eval_mode(backbone.model.to(target)) as model:
+        for x, y, _ in loader:
+            pooled = model.forward_head(model.forward_features(x.to(target, non_blocking=True)), pre_logits=True)
+            features.append(F.normalize(pooled.float(), dim=1).cpu())
+            labels.append(y)
     return torch.cat(features).numpy(), torch.cat(labels).numpy()
 
 
