@@ -17,7 +17,8 @@ from benchmarks.common import device_name, save, summarize  # noqa: E402
 from library.config import from_cli  # noqa: E402
 from library.data import load_cifar10  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
-from library.train.loop import TrainConfig, train  # noqa: E402
+from library.train.loop import train  # noqa: E402
+from library.train.recipe import TrainConfig  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from library.config import from_cli  # noqa: E402
 from library.data import load_cifar10  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 from library.search.space import SearchSpace  # noqa: E402
-from library.train.loop import TrainConfig, train  # noqa: E402
+from library.train.loop import train  # noqa: E402
+from library.train.recipe import TrainConfig  # noqa: E402
 from library.search.sweep import SweepOptions, run_sweep  # noqa: E402
 
 LRS = [1e-3, 2e-3, 3e-3, 5e-3]  # the four configurations: one model, four learning rates

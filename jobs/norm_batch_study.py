@@ -27,7 +27,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError, project  # noqa: E402
 from library.search.study import StudyJobConfig, run_study_job, smoke_settings  # noqa: E402
-from library.train.loop import TrainConfig  # noqa: E402
+from library.train.recipe import TrainConfig  # noqa: E402
 
 NORMS = ("bn", "gn", "ln", "none")
 

@@ -25,7 +25,7 @@ from library.cli import run_job  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.train.fit import fit_and_test, log_fit  # noqa: E402
 from library.models import create_model  # noqa: E402
-from library.train.loop import TrainConfig  # noqa: E402
+from library.train.recipe import TrainConfig  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from library.config import ConfigError, project  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.train.fit import log_fit  # noqa: E402
 from library.search.space import DEFAULT_SPACE, SearchSpace  # noqa: E402
-from library.train.loop import TrainConfig  # noqa: E402
+from library.train.recipe import TrainConfig  # noqa: E402
 from library.runtime import ray_init  # noqa: E402
 from library.search.sweep import SweepOptions, final_fit, run_sweep, validate_sweep  # noqa: E402
 

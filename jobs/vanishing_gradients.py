@@ -31,7 +31,7 @@ from library.config import project  # noqa: E402
 from library.models import create_model  # noqa: E402
 from library.models.summary import layer_table  # noqa: E402
 from library.search.study import StudyJobConfig, run_study_job, smoke_settings  # noqa: E402
-from library.train.loop import TrainConfig, model_options  # noqa: E402
+from library.train.recipe import TrainConfig, model_options  # noqa: E402
 
 
 @dataclass(frozen=True)

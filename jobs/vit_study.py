@@ -25,7 +25,7 @@ from library.cli import run_job  # noqa: E402
 from library.config import project  # noqa: E402
 from library.models import create_model  # noqa: E402
 from library.search.study import StudyJobConfig, run_study_job, smoke_settings  # noqa: E402
-from library.train.loop import TrainConfig  # noqa: E402
+from library.train.recipe import TrainConfig  # noqa: E402
 
 
 @dataclass(frozen=True)

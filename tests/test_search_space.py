@@ -8,7 +8,7 @@ from ray import tune
 
 from library.config import ConfigError
 from library.search.space import DEFAULT_SPACE, SearchSpace, dimension, optuna_distributions
-from library.train.loop import TrainConfig
+from library.train.recipe import TrainConfig
 from library.search.sweep import CheckpointError, SweepOptions, _load_checkpoint, expected_trials, merge_train_val
 
 BASE = TrainConfig(model="improved_cnn")
@@ -104,3 +104,6 @@ def test_pbt_needs_random_or_grid_search_and_a_mutable_training_parameter():
     with pytest.raises(ConfigError, match="at least one of lr"):
         validate_sweep(SweepOptions(scheduler="pbt", search="random"), SearchSpace({"kernel": [3, 5]}, BASE))
     validate_sweep(SweepOptions(scheduler="pbt", search="random"), SearchSpace({"lr": (1e-3, 1e-2, "log")}, BASE))
+    with pytest.raises(ConfigError, match="onecycle cannot take"):  # it would ignore PBT's new lr
+        validate_sweep(SweepOptions(scheduler="pbt", search="random"),
+                       SearchSpace({"lr": (1e-3, 1e-2, "log"), "schedule": ["cosine", "onecycle"]}, BASE))

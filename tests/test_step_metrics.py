@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from library.data import ImageData, ImageSet
 from library.models import create_model
 from library.train.step_metrics import GradientMagnitude, StepRecorder, conv_layers
-from library.train.loop import TrainConfig, train
+from library.train.loop import train
+from library.train.recipe import TrainConfig
 
 
 def test_hook_reports_the_max_abs_gradient_of_the_weight():
@@ -41,9 +42,9 @@ def test_a_step_budget_ends_part_way_through_an_epoch():
     cfg = TrainConfig(model="mish_cnn", steps=5, batch_size=16, log_steps=True, crop="none", flip=False)
     result = train(cfg, _tiny())  # 4 steps per epoch: 2 epochs, the second of one step
     assert [h["epoch"] for h in result.history] == [1, 2]
-    assert [row["step"] for row in result.steps] == [1, 2, 3, 4, 5]
-    assert set(result.steps[0]) == {"step", "train_loss", "train_acc", "grad_first", "grad_last"}
-    assert all(row["grad_first"] > 0 and 0 <= row["train_acc"] <= 1 for row in result.steps)
+    assert [row["step"] for row in result.step_rows] == [1, 2, 3, 4, 5]
+    assert set(result.step_rows[0]) == {"step", "train_loss", "train_acc", "grad_first", "grad_last"}
+    assert all(row["grad_first"] > 0 and 0 <= row["train_acc"] <= 1 for row in result.step_rows)
 
 
 def test_recorder_reads_the_device_once_per_flush_and_handles_a_model_without_convs():

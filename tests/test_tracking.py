@@ -8,7 +8,7 @@ import torch
 
 from library import tracking
 from library.models import create_model
-from library.train.loop import TrainConfig
+from library.train.recipe import TrainConfig
 
 
 def test_default_store_is_local_and_absolute(monkeypatch, tmp_path):

@@ -5,7 +5,8 @@ import torch
 
 from library.config import ConfigError
 from library.data import load_cifar10
-from library.train.loop import TrainConfig, build_model, evaluate, make_optimizer, make_scheduler, train
+from library.train.loop import evaluate, train
+from library.train.recipe import TrainConfig, build_model, make_optimizer, make_scheduler
 
 FAST = dict(batch_size=32, eval_batch_size=128, warmup_epochs=0.5)
 
@@ -77,7 +78,7 @@ def test_schedules_warm_up_then_follow_their_shape(schedule, tiny):
 def test_weight_decay_spares_norms_and_biases(tiny):
     cfg = TrainConfig(model="mish_cnn_bn", weight_decay=0.1)
     opt = make_optimizer(cfg, build_model(cfg, tiny))
-    decayed, spared = opt.param_groups
+    spared, decayed = opt.param_groups  # timm's grouping: [no decay, decay]
     assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim == 1 for p in spared["params"])
 
@@ -103,6 +104,11 @@ def test_a_resumed_run_adopts_new_learning_rate_and_weight_decay(tiny):
     resumed = train(TrainConfig(epochs=3, lr=2e-3, weight_decay=0.2, **FAST), tiny, resume=saved["e1"])
     # same place in the schedule, twice the base rate (what PBT's explore step asks for)
     assert resumed.history[1]["lr"] == pytest.approx(2 * straight.history[1]["lr"])
+    onecycle = dict(epochs=3, schedule="onecycle", **FAST)
+    saved.clear()
+    train(TrainConfig(lr=1e-3, **onecycle), tiny, on_epoch=lambda m, s: saved.setdefault("e1", s.state_dict()))
+    with pytest.raises(ValueError, match="onecycle cannot take a new lr"):  # never silently ignored
+        train(TrainConfig(lr=2e-3, **onecycle), tiny, resume=saved["e1"])
 
 
 ROBUST = dict(epochs=2, adv_steps=3, robust_eps_255=48, **FAST)  # the synthetic classes survive small radii

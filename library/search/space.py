@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from ..config import ConfigError, coerce
 from ..models import create_model, model_kwargs
-from ..train.loop import TrainConfig
+from ..train.recipe import TrainConfig
 
 DERIVED = ("width", "stages")  # become the model's `widths`
 NOT_SEARCHABLE = ("model", "model_kw", "device", "seed")

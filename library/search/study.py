@@ -26,7 +26,7 @@ from ..data.options import DataOptions, load_data
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure
 from ..runtime import ray_init
-from ..train.loop import TrainConfig, model_options
+from ..train.recipe import TrainConfig, model_options
 from . import study_report
 from .space import dimension
 from .sweep import CHECKPOINT_FILE, SweepOptions, SweepOutcome, run_sweep, validate_sweep

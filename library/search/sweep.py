@@ -24,7 +24,8 @@ from ..config import ConfigError
 from ..data import ImageData, ImageSet
 from ..runtime import cluster_has_gpu, use_assigned_cpus
 from ..train.fit import Fit, fit_remote
-from ..train.loop import TrainConfig, evaluate, train
+from ..train.loop import evaluate, train
+from ..train.recipe import TrainConfig
 from .space import SearchSpace
 
 CHECKPOINT_FILE = "train_state.pt"
@@ -109,8 +110,8 @@ def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test:
         if test and state.epoch == state.total_epochs:
             scores = evaluate(state.model, data.test, cfg.eval_batch_size, cfg.amp)
             report |= {"test_loss": scores["loss"], "test_acc": scores["acc"]}
-        if state.epoch_steps:
-            report["step_rows"] = state.epoch_steps
+        if state.epoch_rows:
+            report["step_rows"] = state.epoch_rows
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.state_dict(), Path(directory) / CHECKPOINT_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
@@ -142,6 +143,9 @@ def _scheduler(opts: SweepOptions, space: SearchSpace):
         if not mutations:
             raise ConfigError(f"scheduler=pbt needs at least one of {', '.join(PBT_MUTABLE)} searched in the space "
                               "(the architecture cannot change under a copied checkpoint)")
+        if "lr" in mutations and "onecycle" in _values(space, "schedule"):
+            raise ConfigError("scheduler=pbt mutates lr, which schedule=onecycle cannot take mid-run (it owns its "
+                              "learning rates): search schedule over cosine/constant only, or do not search lr")
         return PopulationBasedTraining(time_attr="epoch", perturbation_interval=opts.grace_period,
                                        hyperparam_mutations=mutations)
     from ray.tune.schedulers import ASHAScheduler
@@ -151,10 +155,15 @@ def _scheduler(opts: SweepOptions, space: SearchSpace):
                          reduction_factor=opts.reduction_factor)
 
 
+def _values(space: SearchSpace, name: str) -> list[Any]:
+    """The values trials of `space` can get for the TrainConfig field `name` (a range: its two ends)."""
+    dim = next((d for d in space.dimensions if d.name == name), None)
+    return [getattr(space.base, name)] if dim is None else list(dim.values)
+
+
 def _smallest(space: SearchSpace, name: str) -> Any:
     """The smallest value any trial of `space` gets for the TrainConfig field `name`."""
-    dim = next((d for d in space.dimensions if d.name == name), None)
-    return getattr(space.base, name) if dim is None else min(dim.values)
+    return min(_values(space, name))
 
 
 def validate_sweep(opts: SweepOptions, space: SearchSpace) -> None:

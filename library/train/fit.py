@@ -20,7 +20,8 @@ from ..data import ImageData
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure, training_curves_figure
 from ..runtime import remote_task
-from .loop import EpochCallback, TrainConfig, evaluate, model_options, robust_accuracy, train
+from .loop import EpochCallback, evaluate, robust_accuracy, train
+from .recipe import TrainConfig, model_options
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Fit:
     test: dict[str, float]  # loss, acc (and robust_acc with a robust radius): the one evaluation on the test set
     state_dict: dict[str, torch.Tensor]  # on the CPU
     init: str = ""
-    steps: list[dict[str, float]] = field(default_factory=list)  # per-iteration rows (TrainConfig.log_steps)
+    step_rows: list[dict[str, float]] = field(default_factory=list)  # per-iteration rows (TrainConfig.log_steps)
 
     def build(self) -> nn.Module:
         model = create_model(self.model, **self.model_kw)
@@ -48,7 +49,7 @@ def fit_and_test(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | No
         test["robust_acc"] = robust_accuracy(result.model, data.test, cfg)
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     return Fit(cfg.model, model_options(cfg, data), result.history, test, state,
-               getattr(result.model, "init_scheme", ""), result.steps)
+               getattr(result.model, "init_scheme", ""), result.step_rows)
 
 
 def _fit_task(cfg: TrainConfig, data: ImageData, label: str) -> Fit:
@@ -79,7 +80,7 @@ def log_fit(fit: Fit, run_id: str, title: str, prefix: str = "", epochs: bool = 
     artifact = f"{prefix}_{{}}" if prefix else "{}"
     if epochs:
         tracking.log_rows(run_id, fit.history, "epoch", prefix=f"{prefix}." if prefix else "")
-    tracking.log_rows(run_id, fit.steps, "step", prefix=f"{prefix}.step." if prefix else "step.")
+    tracking.log_rows(run_id, fit.step_rows, "step", prefix=f"{prefix}.step." if prefix else "step.")
     for key, value in fit.test.items():
         client.log_metric(run_id, f"test_{key}", value)
     model = fit.build()

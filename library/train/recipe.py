@@ -1,0 +1,177 @@
+"""What a training run does: `TrainConfig` (model, budget, optimiser, schedule, augmentation, adversarial
+training) and the pieces built from it: the model, the optimiser and the per-step learning-rate schedule."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from ..adversarial.attacks import PGD
+from ..config import ConfigError
+from ..data import Augment, ImageData
+from ..models import create_model, model_kwargs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What one training run does. Units in the comments; defaults suit the small CIFAR-10 CNNs."""
+
+    model: str = "mish_cnn"  # a name from library.models.list_models()
+    model_kw: dict[str, Any] = field(default_factory=dict)  # the builder's options, e.g. {"depth": 3}
+    epochs: int = 15  # passes over the training split
+    steps: int = 0  # optimiser steps in all, overriding epochs (the last epoch may be partial); 0 = epochs' worth
+    batch_size: int = 256  # images per optimiser step
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # sgd = SGD with Nesterov momentum
+    lr: float = 3e-3  # peak learning rate, reached at the end of warm-up
+    weight_decay: float = 5e-2  # decoupled for adamw, L2 for adam/sgd (use ~5e-4 there); never on norms/biases
+    momentum: float = 0.9  # SGD momentum, or Adam's beta1
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"  # shape after the warm-up
+    warmup_epochs: float = 1.0  # linear warm-up from lr/100, epochs (fractions allowed)
+    label_smoothing: float = 0.0  # probability mass spread over all classes, 0..1
+    crop: Literal["none", "pad", "resized"] = "pad"  # pad = zero-pad + random crop; resized = RandomResizedCrop
+    crop_pad: int = 4  # pixels, for crop=pad
+    crop_scale_min: float = 0.8  # smallest area fraction, for crop=resized
+    flip: bool = True  # random horizontal flip, p = 0.5
+    cutout: int = 0  # side of a zeroed square, pixels; 0 = off
+    eval_batch_size: int = 1024  # images per forward pass when evaluating
+    seed: int = 0  # weights, data order and augmentation
+    device: str = "auto"  # auto = the GPU when there is one
+    amp: bool = True  # bfloat16 autocast on CUDA; ignored on the CPU
+    channels_last: bool = True  # NHWC memory format on CUDA; ignored on the CPU
+    log_steps: bool = False  # also record every iteration: training loss, batch accuracy and G = max|dL/dw| of
+    # the first and last conv layers (A6), read from gradient hooks
+    adv_eps_255: float = 0.0  # PGD adversarial training (D10, Madry et al. 2018): train on L∞ PGD images of this
+    # radius, in pixel levels (8 = 8/255); 0 = standard training
+    adv_steps: int = 7  # PGD iterations per training batch (each one forward + backward more per step)
+    adv_step_ratio: float = 0.25  # PGD step size / ε
+    robust_eps_255: float = 0.0  # also report val_robust_acc, the validation accuracy under PGD (adv_steps,
+    # random start) at this radius; 0 = adv_eps_255 (neither: not reported)
+    robust_images: int = 512  # images attacked for that accuracy (the first ones): of the validation split each
+    # epoch, and of the test set once by a final fit
+
+    def __post_init__(self):
+        checks = {
+            "epochs": self.epochs >= 1,
+            "steps": self.steps >= 0,
+            "batch_size": self.batch_size >= 1,
+            "eval_batch_size": self.eval_batch_size >= 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "momentum": 0 <= self.momentum < 1,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "crop_pad": self.crop_pad >= 0,
+            "crop_scale_min": 0 < self.crop_scale_min <= 1,
+            "cutout": self.cutout >= 0,
+            "adv_eps_255": 0 <= self.adv_eps_255 <= 255,
+            "adv_steps": self.adv_steps >= 1,
+            "adv_step_ratio": self.adv_step_ratio > 0,
+            "robust_eps_255": 0 <= self.robust_eps_255 <= 255,
+            "robust_images": self.robust_images >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is out of range")
+
+    def augment(self) -> Augment:
+        return Augment(self.crop, self.crop_pad, self.crop_scale_min, self.flip, self.cutout)
+
+    @property
+    def robust_eps(self) -> float:
+        """The radius val_robust_acc is measured at, in [0, 1] units; 0 = not measured."""
+        return (self.robust_eps_255 or self.adv_eps_255) / 255
+
+    def adversary(self, model: nn.Module, generator: torch.Generator) -> PGD | None:
+        """The PGD attack that makes the training batches (a fresh random start per batch from `generator`,
+        which the checkpoint carries), or None for standard training."""
+        if not self.adv_eps_255:
+            return None
+        eps = self.adv_eps_255 / 255
+        return PGD(model, eps, alpha=self.adv_step_ratio * eps, steps=self.adv_steps, early_stop=False,
+                   generator=generator)
+
+    def budget(self, steps_per_epoch: int) -> tuple[int, int]:
+        """(epochs, optimiser steps) of the whole run, for an epoch of `steps_per_epoch` batches."""
+        if self.steps:
+            return -(-self.steps // steps_per_epoch), self.steps
+        return self.epochs, self.epochs * steps_per_epoch
+
+
+def model_options(cfg: TrainConfig, data: ImageData) -> dict[str, Any]:
+    """The keyword arguments that build `cfg.model` for `data`: its classes and input channels, then
+    `cfg.model_kw`. Logged with the weights, so the model can be rebuilt from them alone."""
+    options: dict[str, Any] = {"num_classes": data.num_classes}
+    if "in_chans" in model_kwargs(cfg.model):
+        options["in_chans"] = data.image_shape[0]
+    return {**options, **cfg.model_kw}
+
+
+def build_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
+    return create_model(cfg.model, **model_options(cfg, data))
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # timm's grouping: decay only weight matrices and conv kernels (decaying norm scales and biases only fights
+    # the norm layers); its groups are [no decay, decay], the second absent when weight_decay is 0
+    groups = param_groups_weight_decay(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    betas = (cfg.momentum, 0.999)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step schedule: linear warm-up from lr/100, then cosine to zero, constant, or PyTorch's one-cycle."""
+    total = max(1, cfg.budget(steps_per_epoch)[1])
+    warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(warmup, 1) / total,
+            cycle_momentum=cfg.optimizer == "sgd",
+        )
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _adopt_hyperparameters(cfg: TrainConfig, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """After loading a checkpoint, use `cfg`'s lr and weight decay rather than the checkpoint's: a resumed run
+    may carry new ones (Population Based Training's explore step). The schedule's position is kept."""
+    decayed = optimizer.param_groups[0]
+    decayed["weight_decay"] = cfg.weight_decay
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.base_lrs = [cfg.lr] * len(scheduler.base_lrs)
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["lr"] = cfg.lr * factor(scheduler.last_epoch)
+
+
+def adopt_hyperparameters(cfg: TrainConfig, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """After loading a checkpoint, use `cfg`'s lr and weight decay rather than the checkpoint's: a resumed run
+    may carry new ones (Population Based Training's explore step). The schedule's position is kept. OneCycle
+    owns its learning rates, so a new lr for it is an error rather than silently ignored."""
+    decayed = [g for g in optimizer.param_groups if g["weight_decay"] > 0]
+    if decayed:
+        decayed[0]["weight_decay"] = cfg.weight_decay
+    elif cfg.weight_decay > 0:
+        raise ValueError(f"weight_decay={cfg.weight_decay} cannot be adopted by a run that started without weight "
+                         "decay (its optimiser has no decayed parameter group)")
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.base_lrs = [cfg.lr] * len(scheduler.base_lrs)
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["lr"] = cfg.lr * factor(scheduler.last_epoch)
+    elif not math.isclose(optimizer.param_groups[0].get("max_lr", cfg.lr), cfg.lr):
+        raise ValueError(f"schedule={cfg.schedule} cannot take a new lr={cfg.lr} mid-run (it was "
+                         f"{optimizer.param_groups[0]['max_lr']}); use schedule=cosine or constant")
