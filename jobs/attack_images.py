@@ -35,7 +35,7 @@ from PIL import Image  # noqa: E402
 from library import tracking  # noqa: E402
 from library.adversarial.registry import AttackSpec  # noqa: E402
 from library.cli import run_job  # noqa: E402
-from library.config import ConfigError  # noqa: E402
+from library.config import Config, ConfigError  # noqa: E402
 from library.pretrained.backbones import LITE0, BackboneSpec, class_names  # noqa: E402
 from library.data.photos import load_rgb  # noqa: E402
 from library.adversarial.transforms import D2_TRANSFORMS  # noqa: E402
@@ -45,7 +45,7 @@ from library.adversarial.synthesis import early_middle_late_layers, invert_featu
 
 
 @dataclass(frozen=True)
-class JobConfig:
+class JobConfig(Config):
     backbone: str = LITE0  # a timm ImageNet classifier, optionally @weights
     images: tuple[str, ...] = ()  # one image: attacked toward every target; else one target per image
     targets: tuple[int, ...] = (812, 76, 282, 263)  # space shuttle, tarantula, tiger cat, Pembroke corgi
@@ -64,6 +64,7 @@ class JobConfig:
     smoke_test: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         if self.eps_255 <= 0 or self.steps < 1:
             raise ConfigError("eps_255 must be positive and steps at least 1")
 

@@ -61,6 +61,7 @@ class JobConfig(DataOptions):
     val_size: int = field(default=0)  # the sweep uses the test set only
 
     def __post_init__(self):
+        super().__post_init__()
         for name in self.attacks:
             AttackSpec(name)  # an unknown attack name stops here
         if not self.eps_255 or min(self.eps_255) <= 0:

@@ -47,6 +47,7 @@ class JobConfig(DataOptions):
     smoke_test: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         if self.maximise_steps < 1 or self.invert_steps < 1:
             raise ConfigError("maximise_steps and invert_steps must be at least 1")
 

@@ -29,14 +29,14 @@ from PIL import Image  # noqa: E402
 from library import tracking  # noqa: E402
 from library.pretrained.backbones import LITE0, BackboneSpec, class_names, create_backbone  # noqa: E402
 from library.cli import run_job  # noqa: E402
-from library.config import ConfigError  # noqa: E402
+from library.config import Config, ConfigError  # noqa: E402
 from library.explain import blend, class_activation_map, classifier_layer, early_middle_late, saliency_map, top_k  # noqa: E402
 from library.data.photos import load_images, load_rgb  # noqa: E402
 from library.plots import map_grid_figure, top_k_figure  # noqa: E402
 
 
 @dataclass(frozen=True)
-class JobConfig:
+class JobConfig(Config):
     backbone: str = LITE0  # a timm name, optionally @weights
     images: tuple[str, ...] = ()  # image files to inspect
     top_k: int = 5
@@ -47,6 +47,7 @@ class JobConfig:
     smoke_test: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         if self.top_k < 1 or not 0 <= self.alpha <= 1:
             raise ConfigError("top_k must be >= 1 and alpha in [0, 1]")
 

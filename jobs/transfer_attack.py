@@ -45,6 +45,7 @@ class JobConfig(DataOptions):
     smoke_test: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.confidence < 1:
             raise ConfigError("confidence must be in (0, 1)")
 

@@ -50,8 +50,7 @@ class JobConfig(SweepOptions, TrainConfig, DataOptions):
     smoke_test: bool = False
 
     def __post_init__(self):
-        TrainConfig.__post_init__(self)
-        SweepOptions.__post_init__(self)
+        super().__post_init__()
         if self.final_epochs < 0 or self.final_train_size < 0:
             raise ConfigError("final_epochs and final_train_size must be >= 0")
 

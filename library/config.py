@@ -21,6 +21,22 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names the key."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The base of every config dataclass. A config that checks its values does so in `__post_init__`, calling
+    `super().__post_init__()` first: a job's config usually combines several (SweepOptions + TrainConfig +
+    DataOptions), and the chain runs every base's checks once, in method-resolution order."""
+
+    def __post_init__(self) -> None:
+        pass
+
+    def require(self, **checks: bool) -> None:
+        """A ConfigError naming the first key whose check is False: `self.require(lr=self.lr > 0)`."""
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is out of range")
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -72,3 +72,41 @@ def test_smoke_settings_apply_first_and_user_overrides_win():
 @pytest.mark.parametrize("text", ["[mnist_a,mnist_b]", "mnist_a,mnist_b", "['mnist_a', 'mnist_b']", "(mnist_a, mnist_b)"])
 def test_sequences_of_bare_words_parse_as_the_shell_leaves_them(text):
     assert coerce("models", text, tuple[str, ...]) == ("mnist_a", "mnist_b")
+
+
+def _job_configs():
+    """Every job's JobConfig, imported from its script (the scripts guard their __main__)."""
+    import importlib.util
+    import sys
+
+    from conftest import REPO
+
+    configs = {}
+    for path in sorted((REPO / "jobs").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"job_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve the string annotations through it
+        spec.loader.exec_module(module)
+        configs[path.stem] = module.JobConfig
+    return configs
+
+
+def test_every_job_config_runs_the_checks_of_all_its_bases():
+    """One base class, checks chained through super(): a check added to DataOptions or TrainConfig is run by
+    every job config built on it, however many bases it has."""
+    from library.config import Config
+    from library.data.options import DataOptions
+    from library.search.sweep import SweepOptions
+    from library.train.recipe import TrainConfig
+
+    bad = {DataOptions: {"val_size": -1}, TrainConfig: {"lr": 0.0}, SweepOptions: {"num_samples": 0}}
+    checked = 0
+    for name, cls in _job_configs().items():
+        assert issubclass(cls, Config), name
+        cfg = cls()
+        for base, change in bad.items():
+            if issubclass(cls, base):
+                with pytest.raises(ConfigError, match=next(iter(change))):
+                    override(cfg, change)
+                checked += 1
+    assert checked >= 20

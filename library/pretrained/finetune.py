@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import Config
 from ..data.photos import PhotoDataset, PhotoSet
 from ..runtime import eval_mode, pick_device, seed_everything
 from .backbones import Backbone
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Config):
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-3  # for the new head; the pretrained body gets lr × body_lr_scale

@@ -58,10 +58,6 @@ class StudyOptions(SweepOptions):
 class StudyJobConfig(StudyOptions, TrainConfig, DataOptions):
     """What a study job takes: how the study runs, the training settings its variants start from, the data."""
 
-    def __post_init__(self):
-        TrainConfig.__post_init__(self)
-        StudyOptions.__post_init__(self)
-
 
 def smoke_settings(name: str, **changes: Any) -> dict[str, Any]:
     """`--smoke-test` for a study: a fresh name (no resume), two seeds, tiny data, one epoch; plus `changes`."""

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from .. import tracking
-from ..config import ConfigError
+from ..config import Config, ConfigError
 from ..data import ImageData, ImageSet
 from ..runtime import cluster_has_gpu, use_assigned_cpus
 from ..train.fit import Fit, fit_remote
@@ -38,7 +38,7 @@ class CheckpointError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class SweepOptions:
+class SweepOptions(Config):
     """How a sweep runs; a job's config extends this."""
 
     name: str = "tune_cnn"  # Tune experiment name (a folder under storage_path) and MLflow experiment name
@@ -63,6 +63,7 @@ class SweepOptions:
     # val_robust_acc (accuracy under PGD, for adversarial training) needs a robust radius in every trial
 
     def __post_init__(self):
+        super().__post_init__()
         for key in ("num_samples", "max_concurrent", "grace_period"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")

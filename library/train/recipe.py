@@ -11,13 +11,13 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from ..adversarial.attacks import PGD
-from ..config import ConfigError
+from ..config import Config
 from ..data import Augment, ImageData
 from ..models import create_model, model_kwargs
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """What one training run does. Units in the comments; defaults suit the small CIFAR-10 CNNs."""
 
     model: str = "mish_cnn"  # a name from library.models.list_models()
@@ -54,7 +54,8 @@ class TrainConfig:
     # epoch, and of the test set once by a final fit
 
     def __post_init__(self):
-        checks = {
+        super().__post_init__()
+        self.require(**{
             "epochs": self.epochs >= 1,
             "steps": self.steps >= 0,
             "batch_size": self.batch_size >= 1,
@@ -72,10 +73,7 @@ class TrainConfig:
             "adv_step_ratio": self.adv_step_ratio > 0,
             "robust_eps_255": 0 <= self.robust_eps_255 <= 255,
             "robust_images": self.robust_images >= 1,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is out of range")
+        })
 
     def augment(self) -> Augment:
         return Augment(self.crop, self.crop_pad, self.crop_scale_min, self.flip, self.cutout)
