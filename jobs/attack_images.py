@@ -37,7 +37,7 @@ from library.adversarial.registry import AttackSpec  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import Config, ConfigError  # noqa: E402
 from library.pretrained.backbones import LITE0, BackboneSpec, class_names  # noqa: E402
-from library.data.photos import load_rgb  # noqa: E402
+from library.data.photos import load_images  # noqa: E402
 from library.adversarial.transforms import D2_TRANSFORMS  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
 from library.runtime import pick_device, ray_init, remote_task  # noqa: E402
@@ -210,10 +210,11 @@ def main(cfg: JobConfig) -> dict:
     backbone = spec.load()
     model = backbone.pixel_model()
     size = tuple(backbone.data_config["input_size"][1:])
-    images = load_rgb(paths, size)
+    pixels = backbone.pixel_transform()  # the model's own preprocessing, less the normalisation it does inside
+    images = load_images(paths, pixels)
     x = images.repeat(len(cfg.targets), 1, 1, 1) if len(paths) == 1 else images
     targets = torch.tensor(cfg.targets)
-    start = load_rgb([cfg.start], size) if cfg.start else torch.full((1, 3, *size), 0.5)
+    start = load_images([cfg.start], pixels) if cfg.start else torch.full((1, 3, *size), 0.5)
     names = class_names(1000)
     ray_init(cfg.ray_address)
 

@@ -31,7 +31,7 @@ from library.pretrained.backbones import LITE0, BackboneSpec, class_names, creat
 from library.cli import run_job  # noqa: E402
 from library.config import Config, ConfigError  # noqa: E402
 from library.explain import blend, class_activation_map, classifier_layer, early_middle_late, saliency_map, top_k  # noqa: E402
-from library.data.photos import load_images, load_rgb  # noqa: E402
+from library.data.photos import load_images  # noqa: E402
 from library.plots import map_grid_figure, top_k_figure  # noqa: E402
 
 
@@ -97,7 +97,7 @@ def main(cfg: JobConfig) -> dict:
                                            for stage, items in maps.items()],
                                           f"{spec.name}: feature maps of {Path(paths[0]).name}, each scaled to [0, 1]"),
                           "feature_maps.png")
-        shown = load_rgb(paths, tuple(backbone.data_config["input_size"][1:]))
+        shown = load_images(paths, backbone.pixel_transform())  # x before its normalisation
         predicted = torch.tensor([r["indices"][0] for r in rows[:len(paths)]])
         for kind, compute in (("cam", class_activation_map), ("saliency", saliency_map)):
             try:

@@ -37,6 +37,7 @@ from library.train.fit import log_fit  # noqa: E402
 from library.search.space import DEFAULT_SPACE, SearchSpace  # noqa: E402
 from library.train.recipe import TrainConfig  # noqa: E402
 from library.runtime import ray_init  # noqa: E402
+from library.search.outcome import conclude_once  # noqa: E402
 from library.search.sweep import SweepOptions, final_fit, run_sweep, validate_sweep  # noqa: E402
 
 
@@ -118,7 +119,6 @@ def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> di
         test = log_final(parent, best_cfg, cfg)
         robust = f", under PGD at {best_cfg.robust_eps * 255:g}/255 {test['robust_acc']:.4f}" if "robust_acc" in test else ""
         print(f"best configuration retrained on the whole training set: test accuracy {test['acc']:.4f}{robust}")
-    client.set_tag(parent, "sweep_complete", "true")
     return {"trials": len(table), "best_trial": best["trial"], f"best_{cfg.metric}": float(best[cfg.metric]),
             "best_config": best_point}
 
@@ -132,22 +132,15 @@ def main(cfg: JobConfig) -> dict:
     outcome = run_sweep(project(cfg, SweepOptions), space, data, experiment=cfg.name, description=DESCRIPTION,
                         parent_params={"data.train_images": len(data.train), "data.val_images": len(data.val),
                                        "data.test_images": len(data.test), "data.verified": data.verified})
-    parent = outcome.parent_run_id
-    if not outcome.finished:
-        print(f"\nthe sweep was interrupted with trials unfinished; its state is saved in {cfg.experiment_path()}."
-              "\nRun the same command again to resume it (same MLflow runs, no duplicates).")
-        raise SystemExit(130)
-    client = mlflow.MlflowClient()
-    run = client.get_run(parent)
-    if run.data.tags.get("sweep_complete") == "true":  # concluded by an earlier run of this command
+    parent, client, summary = outcome.parent_run_id, mlflow.MlflowClient(), {}
+    if not conclude_once(outcome, "sweep", cfg.experiment_path(),
+                         lambda: summary.update(conclude(parent, space, cfg, outcome.results.num_errors))):
+        run = client.get_run(parent)
         print(f"\nthis sweep is complete already: best {run.data.tags.get('best_trial')}, {cfg.metric} "
               f"{run.data.metrics.get(f'best_{cfg.metric}', float('nan')):.4f}, test accuracy "
               f"{run.data.metrics.get('test_acc', float('nan')):.4f} (the test set is used once)")
         summary = {"best_trial": run.data.tags.get("best_trial"),
                    f"best_{cfg.metric}": run.data.metrics.get(f"best_{cfg.metric}")}
-    else:
-        summary = conclude(parent, space, cfg, outcome.results.num_errors)
-    client.set_terminated(parent, "FINISHED")
     metrics = client.get_run(parent).data.metrics
     summary |= {"parent_run_id": parent, "test_acc": metrics.get("test_acc"),
                 "test_robust_acc": metrics.get("test_robust_acc")}

@@ -49,6 +49,21 @@ def test_efficientnet_lite0_uses_its_own_preprocessing_and_features(lite0):
     assert len(lite0.weights_digest) == 16
 
 
+def test_the_pixel_path_is_the_models_own_preprocessing(lite0, tmp_path):
+    """Attacks and synthesis feed [0, 1] images to `pixel_model()`: the same logits as the model on its own
+    transform, so what they attack is what the model sees (not a resize of our own)."""
+    from library.data.photos import load_images
+
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(skimage_data.chelsea()).save(path)
+    pixels = load_images([str(path)], lite0.pixel_transform())
+    assert pixels.shape == (1, *lite0.data_config["input_size"]) and 0 <= pixels.min() and pixels.max() <= 1
+    with torch.no_grad():
+        through_pixels = lite0.pixel_model()(pixels)
+        through_transform = lite0.model(load_images([str(path)], lite0.transform()))
+    torch.testing.assert_close(through_pixels, through_transform, atol=1e-4, rtol=1e-4)
+
+
 def test_key_mapping_covers_every_timm_key(lite0):
     state = read_state_dict(Path(lite0.weights))
     mapped = efficientnet_pytorch_to_timm(state, lite0.model)

@@ -72,7 +72,7 @@ def test_study_logs_one_child_per_variant_and_seed_and_the_comparison_in_the_par
     parents, children = study_runs(store, f"{job}_test")
     assert len(parents) == 1 and len(children) == trials
     parent = parents[0]
-    assert parent.info.status == "FINISHED" and parent.data.tags["study_complete"] == "true"
+    assert parent.info.status == "FINISHED" and parent.data.tags["complete"] == "true"
     assert set(COMMON + expected) <= artifacts(parent.info.run_id)
     assert all(c.info.status == "FINISHED" and 0 <= c.data.metrics["test_acc"] <= 1 for c in children)
     assert all({"model/model.pt", "model/model.json"} <= artifacts(c.info.run_id) for c in children)

@@ -134,11 +134,3 @@ def load_images(paths: list[str] | tuple[str, ...], transform: Callable) -> torc
             out.append(transform(image.convert("RGB")))
     return torch.stack(out)
 
-
-def load_rgb(paths: list[str] | tuple[str, ...], size: tuple[int, int]) -> torch.Tensor:
-    """Images as B×3×H×W float tensors in [0, 1]: the shorter side resized to fit `size`, then centre-cropped,
-    not normalised (models and attacks work in pixel space; models normalise inside)."""
-    from torchvision.transforms import functional as TF
-
-    return load_images(paths, lambda image: TF.to_tensor(TF.center_crop(TF.resize(image, min(size), antialias=True),
-                                                                         list(size))))

@@ -49,16 +49,26 @@ class Backbone:
         return self.model.num_features
 
     def pixel_model(self) -> nn.Module:
-        """The model taking [0, 1] images at the input size (its normalisation inside), as attacks expect."""
+        """The model taking [0, 1] images at the input size (its normalisation inside), as attacks expect: the
+        inputs are `pixel_transform()`'s, and `pixel_model()(pixel_transform()(img))` is `model(transform()(img))`."""
         from ..models.layers import Normalize
 
         return nn.Sequential(Normalize(self.data_config["mean"], self.data_config["std"]), self.model).eval()
 
     def transform(self):
-        """The evaluation preprocessing of PIL images: resize, centre crop, to tensor, normalise."""
+        """The model's own evaluation preprocessing of PIL images (timm's, from its data config): resize with its
+        interpolation, centre crop by its crop fraction, to tensor, normalise."""
         import timm.data
 
         return timm.data.create_transform(**self.data_config, is_training=False)
+
+    def pixel_transform(self):
+        """`transform()` without the normalisation: PIL images to [0, 1] tensors at the input size, for
+        `pixel_model()` (attacks and image synthesis work in pixel space)."""
+        import timm.data
+
+        identity = {"mean": (0.0,) * 3, "std": (1.0,) * 3}  # an exact no-op Normalize keeps timm's pipeline as is
+        return timm.data.create_transform(**(self.data_config | identity), is_training=False)
 
 
 def state_digest(model: nn.Module) -> str:

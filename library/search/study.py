@@ -28,8 +28,9 @@ from ..plots import filter_grid_figure
 from ..runtime import ray_init
 from ..train.recipe import TrainConfig, model_options
 from . import study_report
+from .outcome import SweepOutcome, conclude_once
 from .space import dimension
-from .sweep import CHECKPOINT_FILE, SweepOptions, SweepOutcome, run_sweep, validate_sweep
+from .sweep import CHECKPOINT_FILE, SweepOptions, run_sweep, validate_sweep
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,8 @@ class StudySpace:
 
 
 def run_study(opts: StudyOptions, space: StudySpace, data: ImageData, description: str) -> SweepOutcome:
-    """Run (or resume) the study's trials; exits with status 130 when interrupted (the same command resumes).
-    Call `tracking.connect()` and `ray_init()` first."""
+    """Run (or resume) the study's trials and record what each variant is in the parent run. Call
+    `tracking.connect()` and `ray_init()` first."""
     sweep = SweepOptions(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(SweepOptions)})
     validate_sweep(sweep, space)
     outcome = run_sweep(sweep, space, data, experiment=opts.name, description=description, test_each_trial=True,
@@ -126,15 +127,7 @@ def run_study(opts: StudyOptions, space: StudySpace, data: ImageData, descriptio
         client.log_text(outcome.parent_run_id, json.dumps(dataclasses.asdict(cfg), indent=1, default=str),
                         f"variants/{name}.json")
         tracking.log_config(changed or {"same_as_base": True}, run_id=outcome.parent_run_id, prefix=f"variant.{name}.")
-    if not outcome.finished:
-        print(f"\nthe study was interrupted with trials unfinished; its state is saved in {opts.experiment_path()}."
-              "\nRun the same command again to resume it (same MLflow runs, no duplicates).")
-        raise SystemExit(130)
     return outcome
-
-
-def is_concluded(parent_run_id: str) -> bool:
-    return mlflow.MlflowClient().get_run(parent_run_id).data.tags.get("study_complete") == "true"
 
 
 def _trial_models(outcome: SweepOutcome, space: StudySpace, data: ImageData) -> dict[str, torch.nn.Module]:
@@ -202,22 +195,22 @@ StudyReport = Callable[[str, pd.DataFrame, StudySpace, ImageData], None]  # (par
 def run_study_job(cfg: Any, variants: Mapping[str, TrainConfig], description: str,
                   report: StudyReport | None = None) -> dict[str, Any]:
     """A study job's `main`: `cfg` is a StudyOptions + DataOptions config. Checks the variants before Ray starts,
-    runs (or resumes) the trials, concludes once (`study_complete` tag), then adds the job's own `report`."""
+    runs (or resumes) the trials, then concludes once: the comparison, then the job's own `report`."""
     space = StudySpace(select_variants(variants, cfg.variants), cfg.seeds)
     uri = tracking.connect()
     data = load_data(cfg)
     ray_init(cfg.ray_address)
     outcome = run_study(cfg, space, data, description)
-    parent, client = outcome.parent_run_id, mlflow.MlflowClient()
-    if is_concluded(parent):
-        print(f"\nthis study is complete already (parent run {parent}); its tables and figures are in MLflow")
-        table = study_report.trial_table(parent, order=list(space.variants))
-    else:
+    parent = outcome.parent_run_id
+
+    def conclude() -> None:
         table = conclude_study(outcome, space, data)
         if report is not None:
             report(parent, table, space, data)
-        client.set_tag(parent, "study_complete", "true")
-    client.set_terminated(parent, "FINISHED")
+
+    if not conclude_once(outcome, "study", cfg.experiment_path(), conclude):
+        print(f"\nthis study is complete already (parent run {parent}); its tables and figures are in MLflow")
+    table = study_report.trial_table(parent, order=list(space.variants))
     summary = study_report.summary(table, order=list(space.variants))
     print("\n" + study_report.markdown_table(summary))
     print(f"MLflow parent run {parent} in experiment '{cfg.name}' at {uri}; Tune state in {cfg.experiment_path()}")

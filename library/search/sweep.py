@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ from ..runtime import cluster_has_gpu, use_assigned_cpus
 from ..train.fit import Fit, fit_remote
 from ..train.loop import evaluate, train
 from ..train.recipe import TrainConfig
+from .outcome import SweepOutcome, all_trials_done, expected_trials
 from .space import SearchSpace
 
 CHECKPOINT_FILE = "train_state.pt"
@@ -206,32 +206,6 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
     return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config), False
 
 
-@dataclass
-class SweepOutcome:
-    parent_run_id: str
-    results: Any  # ray.tune.ResultGrid
-    resumed: bool
-    finished: bool  # False: stopped (Ctrl-C / SIGINT) with trials to run; the same command resumes it
-
-
-def expected_trials(opts: SweepOptions, space: SearchSpace) -> int:
-    if opts.search != "grid":
-        return opts.num_samples
-    return opts.num_samples * math.prod(len(d.values) for d in space.searched)
-
-
-def _all_trials_done(parent_run_id: str, expected: int) -> bool:
-    """Every trial the search owes has ended, by the child runs' statuses. `MLflowTrialRuns` closes a run only
-    when Tune completes, early-stops or fails its trial, never when a Ctrl-C cleanup stops it, and the statuses
-    outlive the driver, unlike Tune's in-memory trial states (which an interrupted trial leaves TERMINATED)."""
-    import mlflow
-
-    parent = mlflow.get_run(parent_run_id)
-    children = mlflow.MlflowClient().search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
-    return len(children) >= expected and all(c.info.status in ("FINISHED", "FAILED") for c in children)
-
-
 def sweep_id(opts: SweepOptions) -> str:
     """A stable key for the sweep's MLflow parent run: its experiment path."""
     return hashlib.sha1(opts.experiment_path().encode()).hexdigest()[:16]
@@ -268,7 +242,7 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
     start = time.monotonic()
     results = tuner.fit()
     budget_spent = bool(opts.time_budget_s) and time.monotonic() - start >= opts.time_budget_s
-    finished = budget_spent or _all_trials_done(parent, expected_trials(opts, space))
+    finished = budget_spent or all_trials_done(parent, expected_trials(opts, space))
     return SweepOutcome(parent, results, resumed, finished)
 
 

@@ -1,0 +1,62 @@
+"""How a sweep or a study ends: finished, or interrupted with trials to run, and concluded exactly once.
+
+Tune's in-memory trial states do not survive the driver, so whether every owed trial has ended is read from the
+child runs' statuses in MLflow. Everything after the trials (reports, a final fit, the comparison) runs once per
+sweep: a parent run tagged `complete` is never concluded again by a re-run of its command.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import mlflow
+
+if TYPE_CHECKING:
+    from .space import SearchSpace
+    from .sweep import SweepOptions
+
+COMPLETE_TAG = "complete"  # "true" on a parent run once everything after its trials is recorded
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    results: Any  # ray.tune.ResultGrid
+    resumed: bool
+    finished: bool  # False: stopped (Ctrl-C / SIGINT) with trials to run; the same command resumes it
+
+
+def expected_trials(opts: SweepOptions, space: SearchSpace) -> int:
+    if opts.search != "grid":
+        return opts.num_samples
+    return opts.num_samples * math.prod(len(d.values) for d in space.searched)
+
+
+def all_trials_done(parent_run_id: str, expected: int) -> bool:
+    """Every trial the search owes has ended, by the child runs' statuses. `MLflowTrialRuns` closes a run only
+    when Tune completes, early-stops or fails its trial, never when a Ctrl-C cleanup stops it, and the statuses
+    outlive the driver, unlike Tune's in-memory trial states (which an interrupted trial leaves TERMINATED)."""
+    parent = mlflow.get_run(parent_run_id)
+    children = mlflow.MlflowClient().search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
+    return len(children) >= expected and all(c.info.status in ("FINISHED", "FAILED") for c in children)
+
+
+def conclude_once(outcome: SweepOutcome, kind: str, state_path: str, conclude: Callable[[], Any]) -> bool:
+    """The end of a sweep or study (`kind`), once across re-runs of its command. With trials unfinished: say
+    where the state is and how to resume, and exit with status 130. Concluded by an earlier run: nothing to do.
+    Else `conclude()` records its results into the parent run, which is then tagged complete. Either way the
+    parent run ends FINISHED. Returns whether this call concluded it."""
+    if not outcome.finished:
+        print(f"\nthe {kind} was interrupted with trials unfinished; its state is saved in {state_path}."
+              "\nRun the same command again to resume it (same MLflow runs, no duplicates).")
+        raise SystemExit(130)
+    client = mlflow.MlflowClient()
+    parent = outcome.parent_run_id
+    concluded_before = client.get_run(parent).data.tags.get(COMPLETE_TAG) == "true"
+    if not concluded_before:
+        conclude()
+        client.set_tag(parent, COMPLETE_TAG, "true")
+    client.set_terminated(parent, "FINISHED")
+    return not concluded_before
