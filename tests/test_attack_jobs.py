@@ -52,16 +52,40 @@ def test_attack_images_job_logs_the_figures_and_the_transform_table(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
+def _trained_models(store, data_root) -> list[str]:
+    """Two small CIFAR models trained for a few steps and logged into runs of the test's store, as `run:` specs:
+    random-init models classify none of the synthetic test images correctly, leaving D3 nothing to attack."""
+    from library import tracking
+    from library.data import load_cifar10
+    from library.train.loop import train
+    from library.train.recipe import TrainConfig, model_options
+
+    data = load_cifar10(data_root, val_size=50)
+    tracking.connect(f"sqlite:///{store / 'mlflow.db'}")
+    specs = []
+    for name in ("mish_cnn", "mish_cnn_bn"):
+        cfg = TrainConfig(model=name, epochs=3, batch_size=32, warmup_epochs=0.5, crop="none", flip=False)
+        model = train(cfg, data).model
+        with tracking.start_run("transfer_sources", run_name=name) as run:
+            tracking.log_model(model, name, model_options(cfg, data))
+        specs.append(f"run:{run.info.run_id}")
+    return specs
+
+
 def test_transfer_job_logs_the_pairs_and_the_matrix(tmp_path, cifar_root):
-    out = run("transfer_attack", tmp_path, "--ray_address=local", "--val_size=50", data_root=cifar_root)
+    specs = _trained_models(tmp_path, cifar_root)
+    out = run("transfer_attack", tmp_path, "--ray_address=local", "--val_size=50", f"--models=[{','.join(specs)}]",
+              "--step_255=8", data_root=cifar_root)  # 5 steps of 8/255: enough to fool the small models
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "D4: accuracy of each model" in out.stdout
+    assert "D4: accuracy of each model" in out.stdout and "nothing to attack" not in out.stdout
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_row = mlflow.search_runs(experiment_names=["transfer_attack_smoke"]).iloc[0]
     logged = artifacts(run_row["run_id"])
-    assert {"transfer_matrix.csv", "transfer_matrix.png"} <= logged
-    # a pair figure per source model that got any test image right (random-init models may get none)
-    assert any(p.startswith("d3_") for p in logged) or "nothing to attack" in out.stdout
+    assert {"transfer_matrix.csv", "transfer_matrix.png", "d3_0.png", "d3_1.png"} <= logged  # a figure per source
+    matrix = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_row["run_id"],
+                                                             artifact_path="transfer_matrix.csv"), index_col=0)
+    assert matrix.shape == (2, 2) and matrix.notna().all().all()
+    assert (matrix.values.diagonal() < 1).all()  # each source's own images fool it, at least partly
 
 
 def test_transfer_job_needs_two_models(tmp_path):

@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from library.models import create_model, first_conv
 from library.plots import filter_grid, filter_grid_figure, normalize_filters, training_curves_figure
@@ -29,8 +31,15 @@ def test_filter_grid_lays_out_every_filter():
 
 
 def test_figures_render():
-    fig = filter_grid_figure(torch.randn(32, 3, 7, 7))
-    fig.canvas.draw() if hasattr(fig.canvas, "draw") else None
+    weight = torch.randn(32, 3, 7, 7)
+    fig = filter_grid_figure(weight)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    [image] = fig.axes[0].get_images()  # the grid itself, every filter in it, as filter_grid lays them out
+    assert image.get_array().shape == filter_grid(weight).shape
+    assert np.allclose(image.get_array(), filter_grid(weight))
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
+    assert (pixels != pixels[0, 0]).any(axis=-1).mean() > 0.2  # not a blank canvas
     history = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.1 / e, "train_acc": e / 10, "val_acc": e / 11}
                for e in (1, 2, 3)]
     fig = training_curves_figure(history, "t")

@@ -17,10 +17,6 @@ from library.cli import run_job
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def tune_env(store: Path, data_root: Path) -> dict:
-    return job_env(store, data_root)
-
-
 def tune_cmd(store: Path, name: str, *args: str) -> list[str]:
     # --ray_address=local: always a fresh local Ray, never a cluster `ray start` left on the machine
     return [sys.executable, str(REPO / "jobs" / "tune_cnn.py"), "--smoke-test", f"--name={name}",
@@ -28,7 +24,7 @@ def tune_cmd(store: Path, name: str, *args: str) -> list[str]:
 
 
 def run_tune(store, data_root, name, *args, timeout=600):
-    return subprocess.run(tune_cmd(store, name, *args), cwd=store, env=tune_env(store, data_root),
+    return subprocess.run(tune_cmd(store, name, *args), cwd=store, env=job_env(store, data_root),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -88,7 +84,7 @@ def test_rerunning_a_finished_sweep_adds_nothing(smoke, cifar_root):
 
 def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root):
     args = ("--num_samples=4", "--max_concurrent=1", "--scheduler=fifo", "--space.epochs=[3]", "--retrain=false")
-    proc = subprocess.Popen(tune_cmd(tmp_path, "resume", *args), cwd=tmp_path, env=tune_env(tmp_path, cifar_root),
+    proc = subprocess.Popen(tune_cmd(tmp_path, "resume", *args), cwd=tmp_path, env=job_env(tmp_path, cifar_root),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while not list((tmp_path / "ray" / "resume").glob("trainable_*/checkpoint_000001")):  # a trial mid-way
