@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import device_name, interleave, save  # noqa: E402
 from library import tracking  # noqa: E402
 from library.adversarial.attacks import PGD  # noqa: E402
-from library.config import from_cli  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.config import Config as BaseConfig  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.adversarial.registry import AttackSpec  # noqa: E402
 from library.adversarial.robustness import bisection_sweep, independent_work, sweep  # noqa: E402
@@ -28,7 +29,7 @@ from library.runtime import pick_device  # noqa: E402
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(BaseConfig):
     model: str = "registered:mnist_a"  # see library.tracking.load_model_spec
     dataset: str = "mnist"
     images: int = 512
@@ -39,8 +40,7 @@ class Config:
     rounds: int = 3
 
 
-def main() -> None:
-    cfg = from_cli(Config)
+def main(cfg: Config) -> None:
     device = pick_device("auto")
     tracking.connect()
     data = load_data(DataOptions(dataset=cfg.dataset, val_size=0, test_size=cfg.images))
@@ -97,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main, Config)

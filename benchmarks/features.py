@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataclasses import dataclass  # noqa: E402
 
 from benchmarks.common import device_name, interleave, save  # noqa: E402
-from library.config import from_cli  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.config import Config as BaseConfig  # noqa: E402
 from library.data.photos import load_pets  # noqa: E402
 from library.pretrained.backbones import LITE0, BackboneSpec  # noqa: E402
 from library.pretrained.features import extract  # noqa: E402
@@ -42,15 +43,14 @@ def probe_job_seconds(backbone: str, cache: Path, store: Path) -> float:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(BaseConfig):
     backbone: str = LITE0  # a timm name, optionally @weights
     images: int = 128  # Pets test images per timed extraction round
     batch_size: int = 32
     rounds: int = 3  # timed extraction rounds after one warm-up
 
 
-def main() -> None:
-    args = from_cli(Config)
+def main(args: Config) -> None:
     device = pick_device("auto")
     backbone = BackboneSpec.parse(args.backbone).load()
     photos = load_pets(None, "test")
@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main, Config)

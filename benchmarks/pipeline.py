@@ -20,13 +20,14 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 from benchmarks.common import device_name, interleave, save  # noqa: E402
-from library.config import from_cli  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.config import Config as BaseConfig  # noqa: E402
 from library.data import Augment, DeviceLoader, load_cifar10  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(BaseConfig):
     data_root: str = ""  # default: $CV_DATA_ROOT
     batch_size: int = 256  # images per batch
     rounds: int = 5  # timed epochs per contender, interleaved
@@ -80,4 +81,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(from_cli(Config))
+    run_job(main, Config)

@@ -29,7 +29,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.common import device_name, save  # noqa: E402
-from library.config import from_cli  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.config import Config as BaseConfig  # noqa: E402
 from library.models import conv2d  # noqa: E402
 from library.runtime import keep_freed_memory, pick_device  # noqa: E402
 
@@ -48,7 +49,7 @@ _M_MMAP_THRESHOLD = -3  # a glibc mallopt parameter
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(BaseConfig):
     batch: int = 128  # images per forward+backward
     rounds: int = 5  # timed repeats per implementation and shape, interleaved, after one warm-up each
     device: str = "auto"
@@ -170,4 +171,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(from_cli(Config))
+    run_job(main, Config)

@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_name, save, summarize  # noqa: E402
-from library.config import from_cli  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.config import Config as BaseConfig  # noqa: E402
 from library.data import load_cifar10  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 from library.train.loop import train  # noqa: E402
@@ -22,7 +23,7 @@ from library.train.recipe import TrainConfig  # noqa: E402
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(BaseConfig):
     models: tuple[str, ...] = ("mish_cnn", "resnet_cifar")  # A1 and A9
     data_root: str = ""  # default: $CV_DATA_ROOT
     images: int = 2048  # training images per timed round
@@ -50,4 +51,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(from_cli(Config))
+    run_job(main, Config)

@@ -23,7 +23,8 @@ import torch  # noqa: E402
 
 from benchmarks.common import device_name, save  # noqa: E402
 from library import tracking  # noqa: E402
-from library.config import from_cli  # noqa: E402
+from library.cli import run_job  # noqa: E402
+from library.config import Config as BaseConfig  # noqa: E402
 from library.data import load_cifar10  # noqa: E402
 from library.runtime import pick_device  # noqa: E402
 from library.search.space import SearchSpace  # noqa: E402
@@ -35,7 +36,7 @@ LRS = [1e-3, 2e-3, 3e-3, 5e-3]  # the four configurations: one model, four learn
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(BaseConfig):
     data_root: str = ""  # default: $CV_DATA_ROOT
     images: int = 8192  # training images per epoch
     epochs: int = 3  # epochs per configuration
@@ -93,4 +94,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(from_cli(Config))
+    run_job(main, Config)

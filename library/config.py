@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import sys
 import types
 import typing
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
@@ -169,15 +168,6 @@ def describe(cls: type) -> str:
         tp = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
         lines.append(f"  --{f.name:<22} {tp:<28} default {default!r}")
     return "\n".join(lines)
-
-
-def from_cli(cls: type[C], argv: Sequence[str] | None = None, base: C | None = None) -> C:
-    """Build a `cls` config from the defaults (or `base`) and command-line overrides; `--help` prints the fields."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--help" in argv or "-h" in argv:
-        print(describe(cls))
-        raise SystemExit(0)
-    return override(base if base is not None else cls(), parse_argv(argv))
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

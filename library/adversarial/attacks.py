@@ -48,10 +48,6 @@ class AttackResult:
         """B bools: misclassified (untargeted) / classified as the target (targeted)."""
         return self._attack.succeeded(self.probabilities, self._y, self._target)
 
-    @property
-    def success_rate(self) -> float:
-        return self.success.float().mean().item()
-
 
 class Attack:
     """The shared machinery: mode handling, projection, success test, bookkeeping of active samples."""
