@@ -1,5 +1,21 @@
-"""Computer-vision experiment campaigns on Ray: data, models, training, tracking, plots.
+"""Computer-vision experiment campaigns on Ray: one folder per domain, the plumbing they share at the top.
 
-Plain PyTorch throughout; Ray appears only in the jobs and in the Tune adapter.
+    config.py      typed configs: the Config base (checks chained through super()), --key=value overrides
+    cli.py         the shared __main__ of every job: parse, banner, run, clear errors
+    runtime.py     where code runs: device, seeding, allocator, git SHA, Ray's edges (ray_init, remote_task)
+    tracking.py    MLflow: the store, provenance tags, models in and out (by run, registry name or spec)
+    plots.py       figures every domain draws: training curves, filter grids, image grids
+    explain.py     looking inside classifiers: top-k, feature maps, CAM, saliency
+    data/          data sets as on-device tensors, batched augmentation, the locked download, photo sets
+    models/        the model registry: create_model(name, **kw), layers, convolution from scratch
+    train/         one training run: the recipe (TrainConfig), the loop, per-iteration metrics, a fit as a unit
+    search/        Ray Tune: search spaces, sweeps, their MLflow runs and outcome, studies, the two reports
+    pretrained/    timm backbones and their weights, cached features, linear probes, fine-tuning
+    adversarial/   attacks and the attack table, ε-sweeps, D2's transformations, images from input gradients
+
+Plumbing and data/ and models/ import no domain folder; a domain imports the plumbing, and only train/ ->
+adversarial/ (PGD for adversarial training) and search/ -> train/ across domains. Ray is imported only inside
+functions, so the reports and notebooks that rebuild results from MLflow run without it
+(tests/test_architecture.py checks all of this).
 """
 __version__ = "0.1.0"

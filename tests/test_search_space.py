@@ -9,8 +9,7 @@ from ray import tune
 from library.config import ConfigError
 from library.search.space import DEFAULT_SPACE, SearchSpace, dimension, optuna_distributions
 from library.train.recipe import TrainConfig
-from library.search.outcome import expected_trials
-from library.search.sweep import CheckpointError, SweepOptions, _load_checkpoint, merge_train_val
+from library.search.sweep import CheckpointError, SweepOptions, _load_checkpoint, expected_trials, merge_train_val
 
 BASE = TrainConfig(model="improved_cnn")
 

@@ -6,15 +6,10 @@ sweep: a parent run tagged `complete` is never concluded again by a re-run of it
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import mlflow
-
-if TYPE_CHECKING:
-    from .space import SearchSpace
-    from .sweep import SweepOptions
 
 COMPLETE_TAG = "complete"  # "true" on a parent run once everything after its trials is recorded
 
@@ -25,12 +20,6 @@ class SweepOutcome:
     results: Any  # ray.tune.ResultGrid
     resumed: bool
     finished: bool  # False: stopped (Ctrl-C / SIGINT) with trials to run; the same command resumes it
-
-
-def expected_trials(opts: SweepOptions, space: SearchSpace) -> int:
-    if opts.search != "grid":
-        return opts.num_samples
-    return opts.num_samples * math.prod(len(d.values) for d in space.searched)
 
 
 def all_trials_done(parent_run_id: str, expected: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import tempfile
 import time
@@ -25,7 +26,7 @@ from ..runtime import cluster_has_gpu, use_assigned_cpus
 from ..train.fit import Fit, fit_remote
 from ..train.loop import evaluate, train
 from ..train.recipe import TrainConfig
-from .outcome import SweepOutcome, all_trials_done, expected_trials
+from .outcome import SweepOutcome, all_trials_done
 from .space import SearchSpace
 
 CHECKPOINT_FILE = "train_state.pt"
@@ -204,6 +205,12 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
         failure_config=tune.FailureConfig(max_failures=1),  # one retry from the last checkpoint (lost node)
     )
     return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config), False
+
+
+def expected_trials(opts: SweepOptions, space: SearchSpace) -> int:
+    if opts.search != "grid":
+        return opts.num_samples
+    return opts.num_samples * math.prod(len(d.values) for d in space.searched)
 
 
 def sweep_id(opts: SweepOptions) -> str:

@@ -1,0 +1,124 @@
+"""The folder tree is the architecture: a parse of every import in library/ checks that the layers hold.
+
+Plumbing (config, runtime, tracking, plots, cli) and the shared data/ and models/ never import a domain folder
+(train/, search/, pretrained/, adversarial/); nothing imports in a cycle; the reports that rebuild a sweep or a
+study from MLflow alone, and the notebooks that call them, load no Ray; no module outgrows 300 lines.
+"""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+LIBRARY = REPO / "library"
+DOMAINS = ("train", "search", "pretrained", "adversarial")
+PLUMBING = ("config", "runtime", "tracking", "plots", "data", "models")
+MLFLOW_ONLY = ("library.search.sweep_report", "library.search.study_report")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(LIBRARY.rglob("*.py"))}
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
+    """The library modules an import names: `from .x import y` is library...x.y when that is a module, else x."""
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        package = package[: len(package) - node.level + 1]
+        base = ".".join(package + ([node.module] if node.module else []))
+    named = [f"{base}.{alias.name}" for alias in node.names]
+    found = [n for n in named if n in MODULES]
+    return found or [base]
+
+
+def imports(module: str, top_level_only: bool = False) -> set[str]:
+    """Every module `module` imports (library modules by full name, others by their top-level package)."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    out: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            out |= set(_resolve(module, path, node))
+    return {name if name.startswith("library") else name.split(".")[0] for name in out}
+
+
+def folder(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def test_plumbing_and_the_shared_folders_import_no_domain_folder():
+    offences = [f"{m} imports {t}" for m in MODULES if folder(m) in PLUMBING
+                for t in imports(m) if t.startswith("library.") and folder(t) in DOMAINS]
+    assert not offences, offences
+
+
+ACROSS_DOMAINS = {"train": {"adversarial"}, "search": {"train"}, "pretrained": set(), "adversarial": set()}
+
+
+def test_domains_import_across_only_as_the_package_docstring_says():
+    offences = [f"{m} imports {t}" for m in MODULES if folder(m) in DOMAINS for t in imports(m)
+                if t.startswith("library.") and folder(t) in DOMAINS and folder(t) != folder(m)
+                and folder(t) not in ACROSS_DOMAINS[folder(m)]]
+    assert not offences, offences
+
+
+def test_nothing_imports_in_a_cycle():
+    graph = {m: {t for t in imports(m) if t in MODULES and t != m} for m in MODULES}
+    # a package's __init__ re-exporting its own modules is not a cycle of theirs
+    graph = {m: {t for t in ts if not (m.startswith(t + ".") and MODULES[t].name == "__init__.py")}
+             for m, ts in graph.items()}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(m: str, stack: list[str]) -> bool:
+        state[m] = 1
+        for t in graph[m]:
+            if state.get(t) == 1:
+                cycle.extend(stack[stack.index(t):] + [t] if t in stack else [m, t])
+                return True
+            if t not in state and visit(t, stack + [t]):
+                return True
+        state[m] = 2
+        return False
+
+    assert not any(visit(m, [m]) for m in graph if m not in state), " -> ".join(cycle)
+
+
+def test_the_reports_and_notebooks_load_no_ray():
+    """Statically (no module they load at import time imports Ray) and for real, in a fresh interpreter."""
+    seen, todo = set(), list(MLFLOW_ONLY)
+    while todo:
+        m = todo.pop()
+        seen.add(m)
+        loaded = imports(m, top_level_only=m not in MLFLOW_ONLY)  # the reports' own lazy imports count too
+        assert "ray" not in loaded, f"{m} imports ray (reached from {MLFLOW_ONLY})"
+        todo += [t for t in loaded if t in MODULES and t not in seen]
+    for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+        source = "\n".join("".join(c["source"]) for c in cells)
+        tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+        named = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        named |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not any(name.split(".")[0] == "ray" for name in named), notebook.name
+    code = f"import sys; import {', '.join(MLFLOW_ONLY)}; assert 'ray' not in sys.modules, 'ray was imported'"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_over_300_lines(module):
+    lines = len(MODULES[module].read_text().splitlines())
+    assert lines <= 300, f"{module} has {lines} lines: split it by what its parts do"
