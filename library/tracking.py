@@ -134,19 +134,25 @@ def log_config(cfg: Any, run_id: str | None = None, prefix: str = "") -> None:
             mlflow.MlflowClient().log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
 
 
+def find_run(experiment: str, match: Mapping[str, str]) -> str | None:
+    """The newest run of `experiment` whose tags include `match` (e.g. a trial id), or None."""
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in match.items())
+    found = mlflow.MlflowClient().search_runs([experiment_id(experiment)], filter_string=query, max_results=1,
+                                              order_by=["attributes.start_time DESC"])
+    return found[0].info.run_id if found else None
+
+
 def find_or_create_run(experiment: str, match: Mapping[str, str], run_name: str | None = None,
                        tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> tuple[str, bool]:
     """The run of `experiment` whose tags include `match` (e.g. a trial id), reopened as RUNNING; or a new one.
     Returns (run id, created). This is what keeps a resumed sweep from duplicating its runs."""
     client = mlflow.MlflowClient()
+    found = find_run(experiment, match)
+    if found is not None:
+        if client.get_run(found).info.status != "RUNNING":
+            client.update_run(found, status="RUNNING")
+        return found, False
     exp = experiment_id(experiment)
-    query = " and ".join(f"tags.{key} = '{value}'" for key, value in match.items())
-    found = client.search_runs([exp], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
-    if found:
-        run = found[0]
-        if run.info.status != "RUNNING":
-            client.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id, False
     all_tags = {**run_tags(), **(tags or {}), **match}
     if parent_run_id is not None:
         all_tags["mlflow.parentRunId"] = parent_run_id

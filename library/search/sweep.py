@@ -230,7 +230,6 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
     """
     from .trial_runs import MLflowTrialRuns
 
-    uri = tracking.tracking_uri()
     parent, created = tracking.find_or_create_run(
         experiment, {"sweep_id": sweep_id(opts)}, run_name=opts.name,
         tags={"sweep_path": opts.experiment_path(), "mlflow.note.content": description or ""})
@@ -240,12 +239,8 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
         tracking.log_config({k: repr(v) for k, v in space.spec.items()}, run_id=parent, prefix="space.")  # tuples stay tuples
         if parent_params:
             tracking.log_config(parent_params, run_id=parent)
-    callbacks = [MLflowTrialRuns(experiment, parent, space, uri)]
+    callbacks = [MLflowTrialRuns(experiment, sweep_id(opts), space)]  # a restored Tuner keeps its own copy
     tuner, resumed = build_tuner(opts, space, data, callbacks, test=test_each_trial)
-    if resumed:
-        # A restored Tuner unpickles the callbacks of the first run, with that run's tracking URI; Tuner.restore
-        # takes no new ones, so swap in ours (which point at today's store).
-        tuner._local_tuner.get_run_config().callbacks = callbacks  # noqa: SLF001
     start = time.monotonic()
     results = tuner.fit()
     budget_spent = bool(opts.time_budget_s) and time.monotonic() - start >= opts.time_budget_s

@@ -4,6 +4,10 @@ Runs on the driver as a Tune callback, so trials never talk to the tracking serv
 start-up, no sqlite writers racing from worker processes). Keyed by trial id and found again by a tag search,
 so a resumed sweep continues its runs instead of creating new ones (the duplicate-run failure of Ray issues
 #19978, #36257, #45456), and epochs already logged are not logged twice.
+
+Tune pickles its callbacks into the experiment state, and a restored Tuner runs those, taking no new ones. So
+the callback keeps only what names the sweep (experiment, sweep id, space) and finds the parent and child runs
+again, in the store MLflow points at today, after a restore: no stale run ids or tracking URI.
 """
 from __future__ import annotations
 
@@ -22,22 +26,42 @@ STEP_PREFIX = "step."  # per-iteration metrics (TrainConfig.log_steps): step.tra
 
 
 class MLflowTrialRuns(Callback):
-    def __init__(self, experiment: str, parent_run_id: str, space: SearchSpace, tracking_uri: str):
-        self.experiment, self.parent_run_id, self.space = experiment, parent_run_id, space
-        self.tracking_uri = tracking_uri
+    """Call `tracking.connect()` first: runs go to MLflow's current store."""
+
+    def __init__(self, experiment: str, sweep_id: str, space: SearchSpace):
+        self.experiment, self.sweep_id, self.space = experiment, sweep_id, space
+        self._forget()
+
+    def _forget(self) -> None:
+        self._parent: str | None = None  # the sweep's parent run, found by its sweep_id tag
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_epoch: dict[str, int] = {}  # run id -> last epoch logged
 
+    def __getstate__(self) -> dict:
+        return {"experiment": self.experiment, "sweep_id": self.sweep_id, "space": self.space}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._forget()
+
     def _client(self) -> mlflow.MlflowClient:
-        return mlflow.MlflowClient(self.tracking_uri)
+        return mlflow.MlflowClient()
+
+    def parent_run_id(self) -> str:
+        if self._parent is None:
+            self._parent = tracking.find_run(self.experiment, {"sweep_id": self.sweep_id})
+            if self._parent is None:
+                raise RuntimeError(f"no parent run tagged sweep_id={self.sweep_id} in {mlflow.get_tracking_uri()}; "
+                                   "run_sweep creates it before the trials start")
+        return self._parent
 
     def run_id(self, trial) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        mlflow.set_tracking_uri(self.tracking_uri)
+        parent = self.parent_run_id()
         run_id, created = tracking.find_or_create_run(
-            self.experiment, {"trial_id": trial.trial_id, "sweep_parent": self.parent_run_id},
-            run_name=self.space.run_name(trial.config) or str(trial), parent_run_id=self.parent_run_id)
+            self.experiment, {"trial_id": trial.trial_id, "sweep_parent": parent},
+            run_name=self.space.run_name(trial.config) or str(trial), parent_run_id=parent)
         if created:
             tracking.log_config(trial.config, run_id=run_id, prefix=tracking.SPACE_PARAM_PREFIX)
             tracking.log_config(self.space.apply(trial.config), run_id=run_id)
