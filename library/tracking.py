@@ -35,6 +35,7 @@ from .runtime import git_sha
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 PACKAGES = ("torch", "torchvision", "timm", "ray", "mlflow", "optuna", "numpy", "pandas")
 MODEL_ARTIFACT_DIR = "model"
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's "Model training"
 SPACE_PARAM_PREFIX = "space."  # a trial's sampled values are params space.<name>; its full config beside them
 
 
@@ -91,18 +92,22 @@ def connect(uri: str | None = None) -> str:
 
 
 def experiment_id(name: str) -> str:
-    """The id of experiment `name`, created if needed (safe when several processes race to create it).
+    """The id of experiment `name`, created if needed (safe when several processes race to create it), marked as
+    a model-training experiment: MLflow 3's UI otherwise opens an untagged experiment on its GenAI traces page,
+    not on the runs.
 
     For a local sqlite store the artifacts go beside the database, so the store is one self-contained folder.
     """
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in found.tags:  # an experiment created before the tag, or by another tool
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return found.experiment_id
     db = _sqlite_path(mlflow.get_tracking_uri())
     location = (db.parent / "mlruns").as_uri() if db is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except MlflowException:
         found = client.get_experiment_by_name(name)  # another process created it first
         if found is None:

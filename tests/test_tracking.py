@@ -36,6 +36,12 @@ def test_a_run_records_config_provenance_metrics_and_figures(mlflow_store, tmp_p
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["curves.png"]
     # the store is one folder: artifacts beside the database
     assert Path(mlflow.get_experiment_by_name("exp").artifact_location.removeprefix("file://")) == tmp_path / "mlruns"
+    # a model-training experiment, so MLflow 3's UI opens on its runs (not the GenAI traces page); one made
+    # elsewhere gets the tag when a job first uses it
+    assert mlflow.get_experiment_by_name("exp").tags["mlflow.experimentKind"] == "custom_model_development"
+    client.create_experiment("made_elsewhere")
+    tracking.experiment_id("made_elsewhere")
+    assert mlflow.get_experiment_by_name("made_elsewhere").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_a_logged_model_comes_back_identical(mlflow_store, tmp_path):
