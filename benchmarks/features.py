@@ -2,7 +2,7 @@
 
     CV_DATA_ROOT=~/.cache/shared-data python benchmarks/features.py [--backbone=...] [--images=128] [--rounds=3]
 
-(1) images/s of `library.features.extract` (decode + timm eval transform + forward + pool + L2-normalise) on
+(1) images/s of `library.pretrained.features.extract` (decode + timm eval transform + forward + pool + L2-normalise) on
 Oxford-IIIT Pet test images, in this process, interleaved rounds, median. (2) `jobs/linear_probe.py` run as a user
 runs it, twice against a fresh cache directory: the first run extracts (Ray tasks), the second finds every
 feature in the cache. Goal: second / first ≤ 0.05.

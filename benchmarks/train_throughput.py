@@ -1,4 +1,4 @@
-"""Training throughput of registry models on real CIFAR-10: images/s of `library.training.train`'s own loop.
+"""Training throughput of registry models on real CIFAR-10: images/s of `library.train.loop.train`'s own loop.
 
 Each timed round trains one epoch on a fixed sample of the training split (forward, backward, optimiser step,
 on-device augmentation; evaluation excluded); models are interleaved round by round.

@@ -1,6 +1,6 @@
 """What Ray Tune costs: the same four trainings run by a plain loop and by the real sweep path.
 
-Plain: `train()` four times in this process. Tune: `library.tuning.run_sweep` (a local Ray started for it,
+Plain: `train()` four times in this process. Tune: `library.search.sweep.run_sweep` (a local Ray started for it,
 one trial at a time with both CPUs, a checkpoint and a report every epoch, MLflow parent and child runs)
 over a grid of the same four configurations. Wall time of each, data loading excluded from both, Ray's
 start-up included in Tune's. Goal: Tune / plain ≤ 1.05.

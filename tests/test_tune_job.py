@@ -2,6 +2,7 @@
 
 The job runs as a subprocess, as a user runs it, so each run starts and stops its own Ray."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,9 @@ def test_smoke_sweep_logs_a_parent_and_one_child_per_trial(smoke):
     parent = parents[0]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert len({c.data.tags["trial_id"] for c in children}) == 3
+    for child in children:  # named for what the trial is: w8-s2-d1-k3-bn-mish-no_residual lr=0.0051 ... [trial id]
+        assert re.fullmatch(r"w(8|16)-s2-d1-k[35]-bn-(relu|mish)-(no_)?residual lr=\S+ batch_size=64 epochs=2 \[\w+\]",
+                            child.info.run_name), child.info.run_name
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
     client = mlflow.MlflowClient()
     for child in children:
@@ -158,5 +162,5 @@ def test_the_notebook_rebuilds_the_comparison_from_mlflow(smoke, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
     monkeypatch.setenv("SWEEP_EXPERIMENT", "smoke")
     outputs, text = execute_notebook("sweep_report.ipynb")
-    assert "trainable_" in text and "test accuracy after the final fit" in text
+    assert "-s2-d1-k" in text and "test accuracy after the final fit" in text  # trials by their names
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # accuracy-vs-parameter, curves, importance

@@ -69,6 +69,9 @@ def dimension(name: str, spec: Any) -> Dimension:
     return Dimension(name, "fixed", (spec,))
 
 
+SHORT_NAMES = {"width": "w", "stages": "s", "depth": "d", "kernel": "k"}  # in run names: w64-s3-d2-k5
+
+
 class SearchSpace:
     """A validated space for training `model` from `base`: every point of it is a working `TrainConfig`."""
 
@@ -121,9 +124,22 @@ class SearchSpace:
         create_model(cfg.model, **model_kw)  # raises ConfigError naming a bad option or value
         return cfg
 
-    def run_name(self, point: Mapping[str, Any]) -> str | None:
-        """A readable name for a trial's run; None: Tune's trial name."""
-        return None
+    def run_name(self, point: Mapping[str, Any]) -> str:
+        """A readable name for a trial's run from its searched values: the architecture as `w16-s2-d1-k3-bn-relu`
+        (choices by value, booleans by name), then the numbers, `lr=0.0032 batch_size=64`."""
+        words, numbers = [], []
+        for d in self.searched:
+            value = point.get(d.name)
+            value = value.item() if hasattr(value, "item") else value  # numpy scalars from Tune
+            if d.name in SHORT_NAMES:
+                words.append(f"{SHORT_NAMES[d.name]}{value}")
+            elif isinstance(value, bool):
+                words.append(d.name if value else f"no_{d.name}")
+            elif isinstance(value, str):
+                words.append(value)
+            else:
+                numbers.append(f"{d.name}={value:.2g}" if isinstance(value, float) else f"{d.name}={value}")
+        return " ".join(["-".join(words)] * bool(words) + numbers)
 
     def define_by_run(self, trial) -> dict[str, Any]:
         """Optuna's define-by-run form (`OptunaSearch(space=...)`): suggests every searched dimension and

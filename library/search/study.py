@@ -2,7 +2,7 @@
 
 A study is a grid search with nothing searched: `tune.grid_search` over variant names and seeds, FIFO (no early
 stopping, which would bias the comparison), every trial scored on the test set when it ends (nothing is chosen
-on validation, so the test set is not tuned on). It runs through `tuning.run_sweep`, so it has the sweep's
+on validation, so the test set is not tuned on). It runs through `sweep.run_sweep`, so it has the sweep's
 checkpoints, resume and MLflow records: one parent run per study, one child per trial named `<variant>/seed<k>`.
 `conclude_study` then puts the comparison into the parent run: the per-trial and per-variant tables, the
 training-loss curves as mean and spread over seeds, every trial's model and first-layer filters.
@@ -76,7 +76,7 @@ def select_variants(variants: Mapping[str, TrainConfig], chosen: Sequence[str]) 
 
 
 class StudySpace:
-    """The trials of a study as a space `tuning.run_sweep` takes (the interface of `SearchSpace`): the point
+    """The trials of a study as a space `sweep.run_sweep` takes (the interface of `SearchSpace`): the point
     {"variant": name, "seed": k} is the variant's TrainConfig with that seed."""
 
     def __init__(self, variants: Mapping[str, TrainConfig], seeds: Sequence[int]):

@@ -1,6 +1,6 @@
 """A study's comparison rebuilt from MLflow alone: per-trial and per-variant tables, curves as mean and spread.
 
-`library.studies.conclude_study` logs these into the study's parent run and `notebooks/` can call the same
+`library.search.study.conclude_study` logs these into the study's parent run and `notebooks/` can call the same
 functions on any finished study.
 """
 from __future__ import annotations

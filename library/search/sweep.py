@@ -1,4 +1,4 @@
-"""Ray Tune around `library.training.train`: the trainable, the searcher and scheduler, and `run_sweep`.
+"""Ray Tune around `library.train.loop.train`: the trainable, the searcher and scheduler, and `run_sweep`.
 
 The trainable is the only Tune-aware training code: `train()` calls back after each epoch, and the callback
 reports the metrics together with a checkpoint of the full training state; a restarted or resumed trial

@@ -61,7 +61,7 @@ class MLflowTrialRuns(Callback):
         parent = self.parent_run_id()
         run_id, created = tracking.find_or_create_run(
             self.experiment, {"trial_id": trial.trial_id, "sweep_parent": parent},
-            run_name=self.space.run_name(trial.config) or str(trial), parent_run_id=parent)
+            run_name=f"{self.space.run_name(trial.config)} [{trial.trial_id}]", parent_run_id=parent)
         if created:
             tracking.log_config(trial.config, run_id=run_id, prefix=tracking.SPACE_PARAM_PREFIX)
             tracking.log_config(self.space.apply(trial.config), run_id=run_id)
