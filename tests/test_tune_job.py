@@ -97,8 +97,11 @@ def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root):
     proc.send_signal(signal.SIGINT)
     first_output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, first_output[-3000:]
-    _, interrupted = runs_of(tmp_path, "resume")
-    assert 1 <= len(interrupted) < 4 or any(c.info.status == "RUNNING" for c in interrupted)
+    parents, interrupted = runs_of(tmp_path, "resume")
+    assert 1 <= len(interrupted) < 4 or any(c.info.status == "KILLED" for c in interrupted)
+    # nothing left RUNNING without a process behind it: the interrupted runs say so
+    assert all(r.info.status != "RUNNING" for r in parents + interrupted)
+    assert parents[0].info.status == "KILLED" and any(c.info.status == "KILLED" for c in interrupted)
 
     out = run_tune(tmp_path, cifar_root, "resume", *args)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

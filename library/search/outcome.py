@@ -22,14 +22,29 @@ class SweepOutcome:
     finished: bool  # False: stopped (Ctrl-C / SIGINT) with trials to run; the same command resumes it
 
 
+def children(parent_run_id: str) -> list:
+    """The child runs of a parent run (a sweep's trials)."""
+    parent = mlflow.get_run(parent_run_id)
+    return mlflow.MlflowClient().search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
+
+
 def all_trials_done(parent_run_id: str, expected: int) -> bool:
     """Every trial the search owes has ended, by the child runs' statuses. `MLflowTrialRuns` closes a run only
     when Tune completes, early-stops or fails its trial, never when a Ctrl-C cleanup stops it, and the statuses
     outlive the driver, unlike Tune's in-memory trial states (which an interrupted trial leaves TERMINATED)."""
-    parent = mlflow.get_run(parent_run_id)
-    children = mlflow.MlflowClient().search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
-    return len(children) >= expected and all(c.info.status in ("FINISHED", "FAILED") for c in children)
+    runs = children(parent_run_id)
+    return len(runs) >= expected and all(c.info.status in ("FINISHED", "FAILED") for c in runs)
+
+
+def mark_interrupted(parent_run_id: str) -> None:
+    """The parent and its still-RUNNING children as KILLED: nothing runs behind them until the same command
+    resumes the sweep, which reopens each run it continues (`tracking.find_or_create_run`)."""
+    client = mlflow.MlflowClient()
+    for child in children(parent_run_id):
+        if child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, "KILLED")
+    client.set_terminated(parent_run_id, "KILLED")
 
 
 def conclude_once(outcome: SweepOutcome, kind: str, state_path: str, conclude: Callable[[], Any]) -> bool:
@@ -38,6 +53,7 @@ def conclude_once(outcome: SweepOutcome, kind: str, state_path: str, conclude: C
     Else `conclude()` records its results into the parent run, which is then tagged complete. Either way the
     parent run ends FINISHED. Returns whether this call concluded it."""
     if not outcome.finished:
+        mark_interrupted(outcome.parent_run_id)
         print(f"\nthe {kind} was interrupted with trials unfinished; its state is saved in {state_path}."
               "\nRun the same command again to resume it (same MLflow runs, no duplicates).")
         raise SystemExit(130)
