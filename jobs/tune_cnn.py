@@ -81,7 +81,8 @@ def log_report(parent: str, space: SearchSpace, metric: str) -> Any:
                                                              metric), "parameter_importance.png")
     client.log_figure(parent, sweep_report.curves_figure(sweep_report.learning_curves(parent, metric), metric),
                       "learning_curves.png")
-    client.log_figure(parent, sweep_report.accuracy_vs_parameter_figure(table, names, metric),
+    client.log_figure(parent, sweep_report.accuracy_vs_parameter_figure(table, names, metric,
+                                                                     sweep_report.log_searched(space.spec)),
                       "accuracy_vs_parameters.png")
     return table
 
@@ -113,8 +114,7 @@ def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> di
     if f"best_{cfg.metric}" not in logged:
         client.log_metric(parent, f"best_{cfg.metric}", float(best[cfg.metric]))
     client.log_text(parent, f"{best_cfg.model}: {best_cfg.model_kw}\n{best_cfg}\n", "best_config.txt")
-    print(f"\n{len(table)} trials ({errors} errored); best {best['trial']}: {cfg.metric} {best[cfg.metric]:.4f} with "
-          f"{sweep_report.describe_best(best, [d.name for d in space.searched])}")
+    print(f"\n{len(table)} trials ({errors} errored); best {best['trial']}: {cfg.metric} {best[cfg.metric]:.4f}")
     if cfg.retrain and "test_acc" not in logged:  # the test set is evaluated once, ever
         test = log_final(parent, best_cfg, cfg)
         robust = f", under PGD at {best_cfg.robust_eps * 255:g}/255 {test['robust_acc']:.4f}" if "robust_acc" in test else ""
@@ -125,11 +125,11 @@ def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> di
 
 def main(cfg: JobConfig) -> dict:
     space = SearchSpace(cfg.space, project(cfg, TrainConfig))  # a bad space key or value stops here, before Ray
-    validate_sweep(project(cfg, SweepOptions), space)
+    validate_sweep(cfg, space)
     uri = tracking.connect()
     data = load_data(cfg)
     ray_init(cfg.ray_address)
-    outcome = run_sweep(project(cfg, SweepOptions), space, data, experiment=cfg.name, description=DESCRIPTION,
+    outcome = run_sweep(cfg, space, data, experiment=cfg.name, description=DESCRIPTION,
                         parent_params={"data.train_images": len(data.train), "data.val_images": len(data.val),
                                        "data.test_images": len(data.test), "data.verified": data.verified})
     parent, client, summary = outcome.parent_run_id, mlflow.MlflowClient(), {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import hashlib
+import json
 import types
 import typing
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
@@ -187,3 +189,10 @@ def project(cfg: Any, cls: type[C]) -> C:
     """The fields of `cfg` that dataclass `cls` has, as a `cls`: a job config seen as one of its bases."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names})
+
+
+def digest(cfg: Any, ignore: Sequence[str] = ()) -> str:
+    """A short digest of a config's values, less the fields in `ignore`: the same settings give the same key on
+    any machine and in any order of the command line."""
+    values = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in ignore}
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=repr).encode()).hexdigest()[:8]

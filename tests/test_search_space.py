@@ -1,5 +1,6 @@
 """The search space and the Tune adapter's pieces that need no running Ray."""
 import math
+import re
 
 import optuna
 import pytest
@@ -74,8 +75,13 @@ def test_sweep_options_validation_and_storage(monkeypatch, tmp_path):
         with pytest.raises(ConfigError):
             SweepOptions(**bad)
     monkeypatch.setenv("CV_STORAGE_PATH", str(tmp_path))
-    assert SweepOptions(name="x").experiment_path() == f"{tmp_path}/x"
-    assert SweepOptions(name="x", storage_path="s3://bucket/runs").experiment_path() == "s3://bucket/runs/x"
+    path = SweepOptions(name="x").experiment_path()
+    assert re.fullmatch(rf"{tmp_path}/x-[0-9a-f]{{8}}", path)
+    assert SweepOptions(name="x", storage_path="s3://bucket/runs").experiment_path().startswith("s3://bucket/runs/x-")
+    # the same settings find the same state, however the sweep is run; other settings never share it
+    assert SweepOptions(name="x", resume=False, ray_address="local", cpus_per_trial=2).experiment_path() == path
+    assert SweepOptions(name="x", num_samples=5).experiment_path() != path
+    assert SweepOptions(name="x", search_seed=1).experiment_path() != path
 
 
 def test_a_corrupted_checkpoint_is_reported_with_what_to_do(tmp_path):

@@ -115,9 +115,8 @@ class StudySpace:
 def run_study(opts: StudyOptions, space: StudySpace, data: ImageData, description: str) -> SweepOutcome:
     """Run (or resume) the study's trials and record what each variant is in the parent run. Call
     `tracking.connect()` and `ray_init()` first."""
-    sweep = SweepOptions(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(SweepOptions)})
-    validate_sweep(sweep, space)
-    outcome = run_sweep(sweep, space, data, experiment=opts.name, description=description, test_each_trial=True,
+    validate_sweep(opts, space)
+    outcome = run_sweep(opts, space, data, experiment=opts.name, description=description, test_each_trial=True,
                         parent_params={"data.train_images": len(data.train), "data.val_images": len(data.val),
                                        "data.test_images": len(data.test), "data.verified": data.verified})
     client = mlflow.MlflowClient()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 import os
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from .. import tracking
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, digest, project
 from ..data import ImageData, ImageSet
 from ..runtime import cluster_has_gpu, use_assigned_cpus
 from ..train.fit import Fit, fit_remote
@@ -32,6 +33,12 @@ from .space import SearchSpace
 CHECKPOINT_FILE = "train_state.pt"
 STORAGE_ENV = "CV_STORAGE_PATH"
 MODE = "max"  # both metrics a sweep can rank by are accuracies
+UI_HINT = ("\n\n**Reading it in the MLflow UI** (the *Model training* view): in the experiment's Runs table, ⊞ beside "
+           "this run lists its trials, one child run each; *Columns* adds `val_acc` (and `test_acc`) to compare them; "
+           "this run's *Artifacts* hold the comparison: tables (leaderboard or results) and figures.")
+# how and where a sweep runs, not what its trials do: a re-run that changes only these continues the same sweep
+RUN_SETTINGS = ("storage_path", "resume", "ray_address", "cpus_per_trial", "gpus_per_trial", "time_budget_s",
+                "data_root", "retrain", "final_epochs", "final_train_size", "smoke_test")
 
 
 class CheckpointError(RuntimeError):
@@ -42,7 +49,7 @@ class CheckpointError(RuntimeError):
 class SweepOptions(Config):
     """How a sweep runs; a job's config extends this."""
 
-    name: str = "tune_cnn"  # Tune experiment name (a folder under storage_path) and MLflow experiment name
+    name: str = "tune_cnn"  # MLflow experiment name; the Tune state is <storage_path>/<name>-<digest of the settings>
     storage_path: str = ""  # local dir, NFS mount or s3://bucket/prefix, shared by all nodes; default:
     # $CV_STORAGE_PATH (cluster.yaml sets it to shared storage), else ~/ray_results
     num_samples: int = 24  # trials (for search=grid: repeats of the grid)
@@ -56,7 +63,7 @@ class SweepOptions(Config):
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.25  # only when the cluster has GPUs: 0.25 = four small trials share one GPU
     time_budget_s: float = 0.0  # stop the whole sweep after this many seconds, 0 = no limit
-    resume: bool = True  # continue a sweep of the same name found in storage_path; false: refuse to touch it
+    resume: bool = True  # continue this sweep (same name and settings) when its state exists; false: refuse to
     ray_address: str = ""  # default: $RAY_ADDRESS (set by `ray job submit`), else a running `ray start` cluster
     # on this machine, else a new local Ray; "local" always starts a new one
     search_seed: int = 0  # seeds Optuna's sampler
@@ -78,10 +85,13 @@ class SweepOptions(Config):
             raise ConfigError(f"gpus_per_trial={self.gpus_per_trial} must be a fraction of one GPU or whole GPUs")
 
     def experiment_path(self) -> str:
-        """Absolute (Tune changes each trial's working directory), or a URI as given."""
+        """Where Tune keeps this sweep: `<storage root>/<name>-<digest>`, the digest of every setting of the config
+        (a job's whole config: space, training, data) but how and where it runs, so the same command resumes
+        its own sweep and a sweep with other settings never continues it. Absolute (Tune changes each trial's
+        working directory), or a URI as given."""
         root = self.storage_path or os.environ.get(STORAGE_ENV) or "~/ray_results"
         root = root if "://" in root else str(Path(root).expanduser().resolve())
-        return f"{root.rstrip('/')}/{self.name}"
+        return f"{root.rstrip('/')}/{self.name}-{digest(self, RUN_SETTINGS)}"
 
 
 def _load_checkpoint(checkpoint) -> dict[str, Any] | None:
@@ -105,6 +115,7 @@ def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test:
     from ray import tune
 
     use_assigned_cpus()
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # a "Checkpoint successfully created" line per epoch
     cfg = space.apply(config)
 
     def on_epoch(metrics: dict, state) -> None:
@@ -124,8 +135,11 @@ def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test:
 def _searcher(opts: SweepOptions, space: SearchSpace):
     if opts.search != "optuna":
         return None  # Tune's BasicVariantGenerator, driven by param_space
+    import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory" per searcher built
 
     optuna = OptunaSearch(space=space.define_by_run, metric=opts.metric, mode=MODE, seed=opts.search_seed)
     return ConcurrencyLimiter(optuna, max_concurrent=opts.max_concurrent)
@@ -188,8 +202,8 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
     fn = tune.with_resources(tune.with_parameters(trainable, data=data, space=space, test=test), resources)
     if tune.Tuner.can_restore(path):
         if not opts.resume:
-            raise ConfigError(f"a sweep named {opts.name!r} already exists at {path}; pass --resume=true to "
-                              "continue it, or choose another --name")
+            raise ConfigError(f"this sweep already exists at {path}; pass --resume=true to continue it, or choose "
+                              "another --name to start a new one")
         print(f"resuming the sweep stored at {path}")
         return tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True), True
     grid = opts.search == "grid"
@@ -199,8 +213,9 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
         num_samples=opts.num_samples, reuse_actors=True, time_budget_s=opts.time_budget_s or None,
         max_concurrent_trials=None if opts.search == "optuna" else opts.max_concurrent,
     )
+    root, name = path.rsplit("/", 1)
     run_config = tune.RunConfig(
-        name=opts.name, storage_path=path.rsplit("/", 1)[0], callbacks=callbacks,
+        name=name, storage_path=root, callbacks=callbacks, verbose=0,  # progress.Progress prints instead
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=1),  # one retry from the last checkpoint (lost node)
     )
@@ -228,19 +243,24 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
     Call `tracking.connect()` and `ray.init()` first. The parent run is found again by the sweep's storage path,
     so a resumed sweep logs into the same parent and children.
     """
+    from .progress import Progress, quiet_tune
     from .trial_runs import MLflowTrialRuns
 
     parent, created = tracking.find_or_create_run(
         experiment, {"sweep_id": sweep_id(opts)}, run_name=opts.name,
-        tags={"sweep_path": opts.experiment_path(), "mlflow.note.content": description or ""})
+        tags={"sweep_path": opts.experiment_path(), "sweep_kind": "study" if test_each_trial else "sweep",
+              "mlflow.note.content": (description or "") + UI_HINT})
     if created:
-        tracking.log_config(opts, run_id=parent, prefix="sweep.")
+        tracking.log_config(project(opts, SweepOptions), run_id=parent, prefix="sweep.")  # opts: often a job config
         tracking.log_config(space.base, run_id=parent, prefix="base.")
         tracking.log_config({k: repr(v) for k, v in space.spec.items()}, run_id=parent, prefix="space.")  # tuples stay tuples
         if parent_params:
             tracking.log_config(parent_params, run_id=parent)
-    callbacks = [MLflowTrialRuns(experiment, sweep_id(opts), space)]  # a restored Tuner keeps its own copy
+    # a restored Tuner keeps its own copies of these: they hold nothing that goes stale
+    callbacks = [MLflowTrialRuns(experiment, sweep_id(opts), space),
+                 Progress(opts.metric, expected_trials(opts, space), space.run_name)]
     tuner, resumed = build_tuner(opts, space, data, callbacks, test=test_each_trial)
+    quiet_tune()
     start = time.monotonic()
     results = tuner.fit()
     budget_spent = bool(opts.time_budget_s) and time.monotonic() - start >= opts.time_budget_s
