@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from .config import ConfigError, describe, override, parse_argv
 from .data import DatasetNotFoundError
 from .runtime import git_sha
-from .tracking import ModelNotRegisteredError, TrackingUnavailableError
+from .tracking import ModelNotRegisteredError, TrackingUnavailableError, tracking_uri
 
 C = TypeVar("C")
 EXPECTED_ERRORS = (ConfigError, DatasetNotFoundError, ModelNotRegisteredError, TrackingUnavailableError)
@@ -29,12 +29,24 @@ def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any]
     return override(cfg, given)
 
 
+def changed_settings(cfg: Any) -> dict[str, Any]:
+    """The fields of `cfg` that differ from its class's defaults (a `--smoke-test`'s and the user's overrides)."""
+    defaults = type(cfg)()
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if getattr(cfg, f.name) != getattr(defaults, f.name)}
+
+
 def banner(title: str, cfg: Any) -> None:
-    """The dino habit: what runs, which code, with which config (sorted), before any work."""
-    print(f"==== {title} ====")
-    print(f"git sha: {git_sha()}")
-    for key, value in sorted(dataclasses.asdict(cfg).items()):
-        print(f"  {key}: {value!r}")
+    """The dino habit in a few lines: what runs, which code, where its results go, and every setting that is not
+    the default (MLflow records the full config with each run)."""
+    print(f"==== {title} · git {git_sha()[:12]} ====")
+    changed = [f"{key}={value!r}" for key, value in sorted(changed_settings(cfg).items())]
+    print("settings: " + (", ".join(v if len(v) <= 120 else v[:117] + "..." for v in changed) or "the defaults")
+          + " (--help lists them all)")
+    where = f"results: MLflow store {tracking_uri()}"
+    if hasattr(cfg, "experiment_path"):  # sweeps and studies
+        where += f", Tune state {cfg.experiment_path()}"
+    print(where)
     sys.stdout.flush()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import platform
 import random
@@ -91,6 +92,8 @@ def ray_init(address: str = "") -> None:
     """Connect to `address`, $RAY_ADDRESS (set by `ray job submit`), or start a local Ray."""
     import ray
 
+    # Ray 2.60 warns on every start that token authentication is on; the README says how the token is used
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
                  runtime_env={"env_vars": {GIT_SHA_ENV: git_sha()}})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
@@ -87,6 +88,7 @@ def connect(uri: str | None = None) -> str:
     """Point MLflow at `uri` (default: `tracking_uri()`) after checking it answers; returns the URI."""
     uri = uri or tracking_uri()
     _check_reachable(uri)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 from torchvision.datasets import CIFAR10
 
-from conftest import synthetic_images
+from conftest import synthetic_images, write_cifar10, write_mnist
 from library.data import (DATA_ROOT_ENV, DatasetNotFoundError, ImageSet, StagedCopyWarning, data_root,
                           load_cifar10, load_mnist, split_train_val)
 from library.data.storage import DatasetFiles, prepare
 
 
-def test_cifar10_is_read_from_the_real_layout(cifar_root):
+def test_cifar10_is_read_from_the_real_layout(tmp_path):
+    cifar_root = write_cifar10(tmp_path)  # its own root: the staged-copy warning comes once per root and process
     with pytest.warns(StagedCopyWarning, match="differs from the official archive"):
         data = load_cifar10(cifar_root, val_size=50, seed=0)
     assert not data.verified  # our tiny files cannot carry the official md5 sums
@@ -95,7 +96,8 @@ def test_a_copy_with_official_checksums_is_verified_silently(tmp_path):
         assert prepare(spec, tmp_path) is True
 
 
-def test_mnist_is_read_from_the_real_idx_layout(mnist_root):
+def test_mnist_is_read_from_the_real_idx_layout(tmp_path):
+    mnist_root = write_mnist(tmp_path)  # its own root: the staged-copy warning comes once per root and process
     with pytest.warns(StagedCopyWarning):
         data = load_mnist(mnist_root, val_size=20)
     assert data.train.images.shape[1:] == (1, 28, 28) and len(data.train) == 180 and len(data.test) == 50

@@ -28,6 +28,9 @@ class DatasetNotFoundError(FileNotFoundError):
     """The data set is neither on disk nor downloadable; the message says which files to put where."""
 
 
+_warned: set[tuple[str, Path]] = set()  # (data set, root) already warned about as a staged copy
+
+
 class StagedCopyWarning(UserWarning):
     """Files are in the standard layout but differ from the official archive (e.g. a re-encoded copy)."""
 
@@ -90,7 +93,8 @@ def prepare(spec: DatasetFiles, root: Path, download: bool = True) -> bool:
             if spec.missing(root):
                 raise DatasetNotFoundError(spec.not_found_message(root, None))
         bad = spec.mismatched(root)
-    if bad:
+    if bad and (spec.name, root) not in _warned:  # once per process: a job may load its data more than once
+        _warned.add((spec.name, root))
         warnings.warn(
             f"{spec.name} in {root / spec.folder} differs from the official archive ({', '.join(bad)} fail their md5"
             " check); using it as a staged copy. Accuracies may differ slightly from published figures.",
