@@ -51,6 +51,8 @@ def training_curves_figure(history: Sequence[Mapping[str, float]], title: str = 
         ax = fig.add_subplot(1, 2, i + 1)
         for split in ("train", "val"):
             values = [h.get(f"{split}_{metric}", np.nan) for h in history]
+            if np.isnan(np.asarray(values, dtype=float)).all():
+                continue  # a final fit has no validation split: no line, and no legend entry for one
             ax.plot(epochs, values, marker="o", markersize=3, label="validation" if split == "val" else "training")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pickle
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -131,6 +132,26 @@ def job_env(store: Path, data_root: Path | None = None) -> dict[str, str]:
     return env | ({"CV_DATA_ROOT": str(data_root)} if data_root is not None else {})
 
 
+def tune_cmd(store: Path, name: str, *args: str) -> list[str]:
+    # --ray_address=local: always a fresh local Ray, never a cluster `ray start` left on the machine
+    return [sys.executable, str(REPO / "jobs" / "tune_cnn.py"), "--smoke-test", f"--name={name}",
+            f"--storage_path={store / 'ray'}", "--ray_address=local", *args]
+
+
+def run_tune(store, data_root, name, *args, timeout=600):
+    return subprocess.run(tune_cmd(store, name, *args), cwd=store, env=job_env(store, data_root),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tune_smoke(tmp_path_factory, cifar_root) -> tuple[Path, subprocess.CompletedProcess]:
+    """One smoke sweep (`tune_cnn.py --smoke-test`, 3 trials) in its own store, shared by the tests that read it."""
+    store = tmp_path_factory.mktemp("tune_smoke")
+    out = run_tune(store, cifar_root, "smoke")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return store, out
+
+
 def load_job(name: str):
     """Import jobs/<name>.py as a module (jobs are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
@@ -151,5 +172,33 @@ def execute_notebook(name: str) -> tuple[list, str]:
                             resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                     + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     return outputs, text
+
+
+def assert_readable(fig) -> None:
+    """A figure a reader can use: drawn (not a blank canvas), every line visible (a one-point line has a marker),
+    legend entries for exactly the labelled lines, tick labels short enough to read."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
+    assert (pixels != pixels[0, 0]).any(axis=-1).mean() > 0.02, "blank figure"
+    for ax in fig.axes:
+        labelled = []
+        for line in ax.get_lines():
+            y = np.asarray(line.get_ydata(), dtype=float)
+            finite = int(np.isfinite(y).sum())
+            assert finite >= 1, f"a line with nothing to draw in {ax.get_title()!r}"
+            if finite == 1:
+                assert line.get_marker() not in (None, "None", "", " "), f"an invisible one-point line in {ax.get_title()!r}"
+            if not line.get_label().startswith("_"):
+                labelled.append(line.get_label())
+        legend = ax.get_legend()
+        shown = [t.get_text() for t in legend.get_texts()] if legend else []
+        assert sorted(shown) == sorted(labelled), f"legend {shown} for the lines {labelled}"
+        for tick in ax.get_xticklabels():
+            assert len(tick.get_text()) <= 12, f"unreadable tick label {tick.get_text()!r}"

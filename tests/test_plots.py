@@ -44,3 +44,33 @@ def test_figures_render():
                for e in (1, 2, 3)]
     fig = training_curves_figure(history, "t")
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
+
+
+def test_figures_are_readable_at_smoke_scale():
+    """One-epoch trials, a final fit without validation, a few float-valued learning rates: every figure still
+    shows every trial, a legend only for what is drawn, and short tick labels."""
+    import pandas as pd
+
+    from conftest import assert_readable
+    from library.search import study_report, sweep_report
+
+    one_epoch = [{"epoch": 1, "train_loss": 2.0, "train_acc": 0.2, "val_loss": float("nan"), "val_acc": float("nan")}]
+    fig = training_curves_figure(one_epoch, "final fit")
+    assert_readable(fig)
+    assert all(len(ax.get_lines()) == 1 for ax in fig.axes)  # no validation line, no legend entry for one
+
+    curves = {"a": pd.Series([0.2], index=[1]), "b": pd.Series([0.3, 0.35], index=[1, 2]), "c": pd.Series([0.1], index=[1])}
+    fig = sweep_report.curves_figure(curves)
+    assert_readable(fig)
+    assert len(fig.axes[0].get_lines()) == 3
+
+    table = pd.DataFrame({"val_acc": [0.2, 0.3, 0.25], "lr": [0.0012345678, 0.0067891234, 0.0031234567],
+                          "batch_size": [64, 64, 128], "act": ["relu", "mish", "relu"]})
+    fig = sweep_report.accuracy_vs_parameter_figure(table, ["lr", "batch_size", "act"], log_names=["lr"])
+    assert_readable(fig)
+    assert fig.axes[0].get_xscale() == "log"
+
+    curves = pd.DataFrame({"variant": ["bn", "bn", "no_bn"], "seed": [0, 1, 0], "step": [1, 1, 1], "value": [2.0, 2.1, 2.3]})
+    fig = study_report.mean_spread_figure(curves, "training loss", "epoch")
+    assert_readable(fig)
+    assert len(fig.axes[0].get_lines()) == 2

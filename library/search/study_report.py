@@ -101,7 +101,8 @@ def mean_spread_figure(curves: pd.DataFrame, ylabel: str, xlabel: str, title: st
     stats = mean_spread(curves, smooth)
     for variant in [v for v in (order or stats) if v in stats]:
         s = stats[variant]
-        line, = ax.plot(s.index, s["mean"], label=f"{variant} (n={int(s['n'].max())})")
+        line, = ax.plot(s.index, s["mean"], label=f"{variant} (n={int(s['n'].max())})",
+                        marker="o" if len(s) <= 20 else None, markersize=4)  # a one-epoch run is one point
         if s["n"].max() > 1:
             ax.fill_between(s.index, s["min"], s["max"], color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel(xlabel)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import ast
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from ..tracking import SPACE_PARAM_PREFIX
 
@@ -118,8 +119,9 @@ def curves_figure(curves: dict[str, pd.Series], metric: str = "val_acc", highlig
     best = highlight or (max(curves, key=lambda k: curves[k].iloc[-1]) if curves else None)
     for name, series in curves.items():
         bold = name == best
-        ax.plot(series.index, series.values, marker="o" if bold else None, linewidth=2.5 if bold else 1,
-                alpha=1 if bold else 0.45, label=name if bold else None, zorder=3 if bold else 1)
+        ax.plot(series.index, series.values, marker="o" if bold or len(series) == 1 else None,  # one epoch: a dot
+                linewidth=2.5 if bold else 1, alpha=1 if bold else 0.45, label=name if bold else None,
+                zorder=3 if bold else 1)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} of {len(curves)} trials (ASHA-stopped trials end early)")
@@ -130,8 +132,20 @@ def curves_figure(curves: dict[str, pd.Series], metric: str = "val_acc", highlig
     return fig
 
 
-def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str], metric: str = "val_acc") -> Figure:
-    """`metric` against each searched parameter (log axis for positive ranges spanning 10×)."""
+def log_searched(spec: dict[str, Any]) -> list[str]:
+    """The parameters a space searches on a log scale: `(low, high, "log")` entries."""
+    return [name for name, value in spec.items() if isinstance(value, (list, tuple)) and len(value) == 3
+            and value[2] == "log"]
+
+
+def _tick(value) -> str:
+    return f"{value:.3g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str], metric: str = "val_acc",
+                                 log_names: Sequence[str] = ()) -> Figure:
+    """`metric` against each searched parameter: numbers on a numeric axis (log for the parameters in
+    `log_names`, searched on a log scale), choices as categories; tick labels rounded to 3 digits."""
     names = [n for n in names if n in table.columns]
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
@@ -139,22 +153,18 @@ def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str], metric: 
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
         x = table[name]
-        if pd.api.types.is_numeric_dtype(x) and x.nunique() > 4:
+        if pd.api.types.is_float_dtype(x) or (pd.api.types.is_numeric_dtype(x) and x.nunique() > 4):
             ax.scatter(x, table[metric], s=14)
-            if (x > 0).all() and x.max() / x.min() >= 10:
+            if name in log_names and (x > 0).all():
                 ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
         else:
-            labels = [str(v) for v in x]
-            order = sorted(set(labels))
-            ax.scatter([order.index(v) for v in labels], table[metric], s=14)
-            ax.set_xticks(range(len(order)), order)
+            order = sorted(set(x), key=lambda v: (str(type(v)), v))
+            ax.scatter([order.index(v) for v in x], table[metric], s=14)
+            ax.set_xticks(range(len(order)), [_tick(v) for v in order])
         ax.set_title(name)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
-
-def describe_best(row: pd.Series, names: list[str]) -> str:
-    return ", ".join(f"{n}={row[n]:.3g}" if isinstance(row[n], (float, np.floating)) else f"{n}={row[n]}"
-                     for n in names if n in row)
