@@ -128,11 +128,11 @@ def test_bad_study_options_fail_before_ray_starts(args, message, capsys):
     assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_the_notebook_rebuilds_a_study_from_mlflow(finished, monkeypatch):
+def test_the_notebook_rebuilds_a_study_from_mlflow_with_its_default_settings(finished, monkeypatch):
     job = "vanishing_gradients"  # a study with per-iteration metrics
     store, _ = finished(job)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
-    monkeypatch.setenv("STUDY_EXPERIMENT", f"{job}_test")
+    monkeypatch.delenv("STUDY_EXPERIMENT", raising=False)  # default settings: the newest study in the store
     outputs, text = execute_notebook("study_report.ipynb")
     assert "a7" in text and "test_acc_mean" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 4  # loss, accuracy, G first, G last

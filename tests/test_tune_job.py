@@ -5,28 +5,16 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import REPO, execute_notebook, job_env, load_job
+from conftest import execute_notebook, job_env, load_job, run_tune, tune_cmd
 from library.cli import run_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def tune_cmd(store: Path, name: str, *args: str) -> list[str]:
-    # --ray_address=local: always a fresh local Ray, never a cluster `ray start` left on the machine
-    return [sys.executable, str(REPO / "jobs" / "tune_cnn.py"), "--smoke-test", f"--name={name}",
-            f"--storage_path={store / 'ray'}", "--ray_address=local", *args]
-
-
-def run_tune(store, data_root, name, *args, timeout=600):
-    return subprocess.run(tune_cmd(store, name, *args), cwd=store, env=job_env(store, data_root),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def runs_of(store: Path, experiment: str):
@@ -38,18 +26,16 @@ def runs_of(store: Path, experiment: str):
     return parents, children
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, cifar_root):
-    store = tmp_path_factory.mktemp("tune_smoke")
-    out = run_tune(store, cifar_root, "smoke")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return store, out
+@pytest.fixture
+def smoke(tune_smoke):
+    return tune_smoke
 
 
 def test_smoke_sweep_logs_a_parent_and_one_child_per_trial(smoke):
     store, out = smoke
     parents, children = runs_of(store, "smoke")
-    trial_dirs = [p for p in (store / "ray" / "smoke").iterdir() if p.is_dir() and p.name.startswith("trainable_")]
+    [state] = (store / "ray").glob("smoke-*")  # <name>-<digest of the settings>
+    trial_dirs = [p for p in state.iterdir() if p.is_dir() and p.name.startswith("trainable_")]
     assert len(parents) == 1 and len(children) == len(trial_dirs) == 3
     parent = parents[0]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
@@ -86,12 +72,58 @@ def test_rerunning_a_finished_sweep_adds_nothing(smoke, cifar_root):
         assert len(client.get_metric_history(parents[0].info.run_id, metric)) == 1
 
 
-def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root):
+def test_a_sweep_with_other_settings_never_shares_the_state_of_another(smoke, cifar_root):
+    """Same name, one setting changed: a new sweep (its own Tune state and parent run), not a resume of the first."""
+    store, _ = smoke
+    out = run_tune(store, cifar_root, "smoke", "--space.kernel=[3]", "--num_samples=2")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resuming" not in out.stdout and "complete already" not in out.stdout
+    assert len(list((store / "ray").glob("smoke-*"))) == 2
+    parents, _ = runs_of(store, "smoke")
+    assert len(parents) == 2 and len({p.data.tags["sweep_path"] for p in parents}) == 2
+
+
+def test_the_console_says_what_runs_in_a_few_lines(smoke):
+    """A short banner, one line per finished trial, no third-party chatter."""
+    _, out = smoke
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("==== tune_cnn.py · git ") and lines[2].startswith("results: MLflow store ")
+    assert sum(line.startswith("trial ") and " done: " in line for line in lines) == 3
+    assert len(lines) <= 20, out.stdout
+    for noise in ("A new study created", "TensorBoard", "Checkpoint successfully created", "Token authentication",
+                  "Creating initial MLflow database tables", "Trial status:", "snapshotting"):
+        assert noise not in out.stdout + out.stderr, noise
+
+
+def test_every_figure_of_the_smoke_sweep_has_something_drawn(smoke):
+    """Each PNG the sweep logged (the parent's comparison, every trial's and the final fit's figures) is a drawing,
+    not a blank canvas, at smoke scale (one- and two-epoch trials)."""
+    import numpy as np
+    from PIL import Image
+
+    store, _ = smoke
+    parents, children = runs_of(store, "smoke")
+    client = mlflow.MlflowClient()
+    checked = 0
+    for run in parents[:1] + children:
+        for artifact in client.list_artifacts(run.info.run_id):
+            if artifact.path.endswith(".png"):
+                path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact.path,
+                                                           dst_path=str(store / "figures" / run.info.run_id))
+                pixels = np.asarray(Image.open(path).convert("RGB"))
+                drawn = (pixels != pixels[0, 0]).any(axis=-1).mean()
+                assert drawn > 0.005, f"{artifact.path} of {run.info.run_name} is blank ({drawn:.1%})"  # a one-line
+                # message ("too few finished trials to estimate importances") draws ~1%
+                checked += 1
+    assert checked >= 5  # learning curves, accuracy vs parameters, importances, final curves and filters
+
+
+def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root, monkeypatch):
     args = ("--num_samples=4", "--max_concurrent=1", "--scheduler=fifo", "--space.epochs=[3]", "--retrain=false")
     proc = subprocess.Popen(tune_cmd(tmp_path, "resume", *args), cwd=tmp_path, env=job_env(tmp_path, cifar_root),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not list((tmp_path / "ray" / "resume").glob("trainable_*/checkpoint_000001")):  # a trial mid-way
+    while not list((tmp_path / "ray").glob("resume-*/trainable_*/checkpoint_000001")):  # a trial mid-way
         assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be interrupted"
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -102,6 +134,10 @@ def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root):
     # nothing left RUNNING without a process behind it: the interrupted runs say so
     assert all(r.info.status != "RUNNING" for r in parents + interrupted)
     assert parents[0].info.status == "KILLED" and any(c.info.status == "KILLED" for c in interrupted)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("SWEEP_EXPERIMENT", raising=False)
+    _, text = execute_notebook("sweep_report.ipynb")  # says so, rather than showing a table of NaN
+    assert "This sweep is unfinished" in text and "no test accuracy yet" in text
 
     out = run_tune(tmp_path, cifar_root, "resume", *args)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -163,7 +199,7 @@ def test_a_bad_key_exits_with_one_line_and_no_traceback(tmp_path, cifar_root):
 def test_the_notebook_rebuilds_the_comparison_from_mlflow(smoke, monkeypatch):
     store, _ = smoke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
-    monkeypatch.setenv("SWEEP_EXPERIMENT", "smoke")
+    monkeypatch.delenv("SWEEP_EXPERIMENT", raising=False)  # default settings: the newest sweep in the store
     outputs, text = execute_notebook("sweep_report.ipynb")
-    assert "-s2-d1-k" in text and "test accuracy after the final fit" in text  # trials by their names
+    assert "unfinished" not in text and "-s2-d1-k" in text and "test accuracy after the final fit" in text  # trials by their names
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # accuracy-vs-parameter, curves, importance
