@@ -7,6 +7,7 @@ import pytest
 import torch
 from ray import tune
 
+from conftest import staged_copy_ok
 from library.config import ConfigError
 from library.search.space import DEFAULT_SPACE, SearchSpace, dimension, optuna_distributions
 from library.train.recipe import TrainConfig
@@ -95,7 +96,7 @@ def test_a_corrupted_checkpoint_is_reported_with_what_to_do(tmp_path):
 def test_the_final_fit_trains_on_train_and_validation_together(cifar_root):
     from library.data import load_cifar10
 
-    with pytest.warns(UserWarning):
+    with staged_copy_ok():
         data = load_cifar10(cifar_root, val_size=60)
     merged = merge_train_val(data)
     assert len(merged.train) == len(data.train) + len(data.val) and len(merged.val) == 0

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from conftest import staged_copy_ok
 from library.config import ConfigError
 from library.data import load_cifar10
 from library.train.loop import evaluate, train
@@ -13,7 +14,7 @@ FAST = dict(batch_size=32, eval_batch_size=128, warmup_epochs=0.5)
 
 @pytest.fixture(scope="module")
 def tiny(cifar_root):
-    with pytest.warns(UserWarning):
+    with staged_copy_ok():
         return load_cifar10(cifar_root, val_size=60)
 
 
