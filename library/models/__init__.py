@@ -1,5 +1,5 @@
 """The model registry. Importing this package registers every model; all take [0, 1] images."""
-from . import allconv, cnn, mnist, resnet, vit  # noqa: F401  (registration side effect)
+from . import airbench, allconv, cnn, mnist, resnet, vit  # noqa: F401  (registration side effect)
 from .layers import Classifier, Normalize, first_conv, init_weights
 from .registry import create_model, list_models, model_kwargs, register_model
 from .scratch import Conv2d, MaxPool2d, conv2d, max_pool2d

@@ -97,7 +97,8 @@ def init_weights(model: nn.Module, scheme: Init, nonlinearity: str = "relu") -> 
 
 
 class Classifier(nn.Module):
-    """[0, 1] images -> Normalize -> `body` (a feature map) -> global average pool -> dropout -> linear.
+    """[0, 1] images -> Normalize -> `body` (a feature map) -> global pool (average, or max) -> dropout -> linear
+    (× `logit_scale`).
 
     The timm interface: `forward_features` returns the last feature map (what CAM needs), `forward_head(f,
     pre_logits=True)` the pooled features (what linear probes need); `num_features` is the pooled width.
@@ -112,6 +113,9 @@ class Classifier(nn.Module):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         dropout: float = 0.0,
+        pool: Literal["avg", "max"] = "avg",
+        fc_bias: bool = True,
+        logit_scale: float = 1.0,
     ):
         super().__init__()
         default_mean, default_std = default_stats(in_chans)
@@ -120,9 +124,10 @@ class Classifier(nn.Module):
             raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} need one value per input channel ({in_chans})")
         self.normalize = Normalize(mean, std)
         self.body = body
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(num_features, num_classes)
+        self.fc = nn.Linear(num_features, num_classes, bias=fc_bias)
+        self.logit_scale = logit_scale  # logits × this: a fixed temperature (airbench's 1/9)
         self.num_features = num_features
         self.num_classes = num_classes
         self.init_scheme = "torch default"  # builders overwrite this with what init_weights() reports
@@ -132,7 +137,10 @@ class Classifier(nn.Module):
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = self.dropout(self.pool(features).flatten(1))
-        return pooled if pre_logits else self.fc(pooled)
+        if pre_logits:
+            return pooled
+        logits = self.fc(pooled)
+        return logits if self.logit_scale == 1.0 else logits * self.logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -141,6 +141,8 @@ def _setup(cfg: TrainConfig, data: ImageData, resume: dict[str, Any] | None) -> 
     fast_path = device.type == "cuda"
     memory_format = torch.channels_last if cfg.channels_last and fast_path else torch.contiguous_format
     model = build_model(cfg, data).to(device).to(memory_format=memory_format)
+    if hasattr(model, "init_from_data"):  # layers fitted from the training images (airbench's whitening stem)
+        model.init_from_data(data.train.images)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     loader = DeviceLoader(data.train.to(device), cfg.batch_size, shuffle=True, drop_last=True,
                           augment=cfg.augment(), generator=generator)
