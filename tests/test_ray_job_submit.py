@@ -72,4 +72,4 @@ def test_the_smoke_sweep_runs_as_a_submitted_ray_job(ray_head, tmp_path, cifar_r
     mlflow.set_tracking_uri(job_env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["submitted"])
     assert len(runs) == 4  # the parent and 3 trials
-    assert (tmp_path / "ray_results" / "submitted").is_dir()  # Tune's storage came from $CV_STORAGE_PATH
+    assert len(list((tmp_path / "ray_results").glob("submitted-*"))) == 1  # Tune's storage from $CV_STORAGE_PATH
