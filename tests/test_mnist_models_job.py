@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, job_env
 from library import tracking
 from library.data.options import DataOptions, load_data
-from library.train.loop import evaluate
+from library.train.evaluation import evaluate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

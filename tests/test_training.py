@@ -6,7 +6,8 @@ import torch
 from conftest import staged_copy_ok
 from library.config import ConfigError
 from library.data import load_cifar10
-from library.train.loop import evaluate, train
+from library.train.evaluation import evaluate
+from library.train.loop import train
 from library.train.recipe import TrainConfig, build_model, make_optimizer, make_scheduler
 
 FAST = dict(batch_size=32, eval_batch_size=128, warmup_epochs=0.5)

@@ -28,18 +28,27 @@ def random_flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Te
 
 
 class PaddedSource:
-    """Images zero-padded (and mirrored) once, from which random crops (and flips) are drawn by index.
+    """Images padded (and mirrored) once, from which random crops (and flips) are drawn by index.
 
     Drawing a batch is one indexing operation that gathers, crops and flips at once: each image's padded
     planes are flattened, and a crop at (dy, dx) is then one contiguous run starting at dy·W + dx whose rows are
     W wide, of which the first w are kept. Costs the padded copy (twice with `flip`) in memory: ~440 MB for
     CIFAR-10's 45k training images.
+
+    pad_mode "reflect" mirrors the border into the padding (airbench's translation) instead of zeros; `alternate`
+    flips each image on every other draw (airbench's alternating flips: random for its first draw, then the
+    other way each time), so every epoch shows each image the other way round from the last. Its phase is not
+    part of a checkpoint: a resumed run draws it afresh.
     """
 
-    def __init__(self, images: torch.Tensor, pad: int, flip: bool):
+    def __init__(self, images: torch.Tensor, pad: int, flip: bool, pad_mode: str = "zeros", alternate: bool = False):
         n, c, self.h, self.w = images.shape
         self.pad, self.width = pad, self.w + 2 * pad
-        padded = F.pad(images, (pad, pad, pad, pad + 1))  # one spare row, so the last window fits
+        self.alternate, self.mirrored = alternate and flip, None  # per image: its last draw's flip
+        if pad_mode == "reflect" and pad:
+            padded = F.pad(F.pad(images.float(), (pad, pad, pad, pad), mode="reflect").to(images.dtype), (0, 0, 0, 1))
+        else:
+            padded = F.pad(images, (pad, pad, pad, pad + 1))  # one spare row, so the last window fits
         planes = torch.stack([padded, padded.flip(3)]) if flip else padded[None]
         self.windows = planes.flatten(3).unfold(3, self.h * self.width, 1)  # views of every crop, no copy
 
@@ -48,6 +57,11 @@ class PaddedSource:
         dy = (_uniform(n, g, index.device) * span).long()
         dx = (_uniform(n, g, index.device) * span).long()
         mirror = (_uniform(n, g, index.device) * len(self.windows)).long()  # 0 or, with flip, 1
+        if self.alternate:
+            if self.mirrored is None:
+                self.mirrored = (_uniform(self.windows.shape[1], g, index.device) < 0.5).long()
+            mirror = 1 - self.mirrored[index]
+            self.mirrored[index] = mirror
         runs = self.windows[mirror, index, :, dy * self.width + dx]  # N×C×(h·W)
         return runs.view(n, -1, self.h, self.width)[..., : self.w].contiguous()
 
@@ -100,10 +114,12 @@ class Augment:
     """The training-time augmentation of one run; evaluation never augments."""
 
     crop: Literal["none", "pad", "resized"] = "pad"
-    pad: int = 4  # pixels of zero padding for crop="pad"
+    pad: int = 4  # pixels of padding for crop="pad"
     scale_min: float = 0.8  # smallest area fraction for crop="resized"
     flip: bool = True
     cutout: int = 0  # side of the zeroed square, pixels; 0 = off
+    pad_mode: Literal["zeros", "reflect"] = "zeros"  # what crop="pad" pads with
+    flip_mode: Literal["random", "alternate"] = "random"  # alternate: each image the other way every epoch
 
     def bind(self, images: torch.Tensor) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
         """A function `draw(index, generator)` returning augmented uint8 copies of `images[index]`.
@@ -113,7 +129,8 @@ class Augment:
         """
         fused = self.crop != "resized"  # pad-crop and flip are drawn in one step; flip after a resized crop
         if fused and (self.crop == "pad" or self.flip):
-            source = PaddedSource(images, self.pad if self.crop == "pad" else 0, self.flip)
+            source = PaddedSource(images, self.pad if self.crop == "pad" else 0, self.flip, self.pad_mode,
+                                  self.flip_mode == "alternate")
             first = source.draw
         else:
             first = lambda index, g: images[index]  # noqa: E731

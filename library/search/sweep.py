@@ -25,7 +25,8 @@ from ..config import Config, ConfigError, digest, project
 from ..data import ImageData, ImageSet
 from ..runtime import cluster_has_gpu, use_assigned_cpus
 from ..train.fit import Fit, fit_remote
-from ..train.loop import evaluate, train
+from ..train.evaluation import evaluate
+from ..train.loop import train
 from ..train.recipe import TrainConfig
 from .outcome import SweepOutcome, all_trials_done
 from .space import SearchSpace
@@ -121,7 +122,8 @@ def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test:
     def on_epoch(metrics: dict, state) -> None:
         report = dict(metrics)
         if test and state.epoch == state.total_epochs:
-            scores = evaluate(state.model, data.test, cfg.eval_batch_size, cfg.amp)
+            with state.averaged() as model:
+                scores = evaluate(model, data.test, cfg.eval_batch_size, cfg.amp, cfg.tta)
             report |= {"test_loss": scores["loss"], "test_acc": scores["acc"]}
         if state.epoch_rows:
             report["step_rows"] = state.epoch_rows

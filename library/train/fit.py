@@ -20,7 +20,8 @@ from ..data import ImageData
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure, training_curves_figure
 from ..runtime import remote_task
-from .loop import EpochCallback, evaluate, robust_accuracy, train
+from .evaluation import evaluate, robust_accuracy
+from .loop import EpochCallback, train
 from .recipe import TrainConfig, model_options
 
 
@@ -44,7 +45,7 @@ class Fit:
 
 def fit_and_test(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = None) -> Fit:
     result = train(cfg, data, on_epoch=on_epoch)
-    test = evaluate(result.model, data.test, cfg.eval_batch_size, cfg.amp)
+    test = evaluate(result.model, data.test, cfg.eval_batch_size, cfg.amp, cfg.tta)  # EMA weights, if kept
     if cfg.robust_eps:
         test["robust_acc"] = robust_accuracy(result.model, data.test, cfg)
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}

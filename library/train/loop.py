@@ -12,60 +12,19 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..adversarial.attacks import PGD
 from ..config import project
 from ..data import DeviceLoader, ImageData, ImageSet
-from ..runtime import eval_mode, keep_freed_memory, pick_device, seed_everything
+from ..runtime import keep_freed_memory, pick_device, seed_everything
+from .averaging import EMA, Lookahead
+from .evaluation import autocast, evaluate, robust_accuracy, sync
 from .recipe import TrainConfig, adopt_hyperparameters, build_model, make_optimizer, make_scheduler
 from .step_metrics import StepRecorder
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1024, amp: bool = True) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of `model` on `data` (moved to the model's device); restores its mode."""
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    with eval_mode(model):
-        for x, y in DeviceLoader(data.to(device), batch_size):
-            with _autocast(device, amp):
-                logits = model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-    n = max(1, len(data))
-    return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
-
-
-def robust_accuracy(model: nn.Module, data: ImageSet, cfg: TrainConfig) -> float:
-    """Accuracy on PGD images (radius `cfg.robust_eps`, `cfg.adv_steps` steps from a seeded random start) of the
-    first `cfg.robust_images` images of `data`; the model's mode is restored."""
-    device = next(model.parameters()).device
-    eps = cfg.robust_eps
-    attack = PGD(model, eps, alpha=cfg.adv_step_ratio * eps, steps=cfg.adv_steps, seed=cfg.seed)
-    n = cfg.robust_images
-    subset = ImageSet(data.images[:n], data.labels[:n]).to(device)
-    correct = 0
-    for x, y in DeviceLoader(subset, cfg.eval_batch_size):
-        with _autocast(device, cfg.amp):
-            correct += int((attack(x, y).probabilities.argmax(1) == y).sum())
-    return correct / max(1, len(subset))
 
 
 @dataclass
@@ -83,6 +42,14 @@ class TrainState:
     total_epochs: int = 0  # epochs the run will have when done
     epoch_rows: list[dict[str, float]] = field(default_factory=list)  # per-iteration rows of the latest epoch
     # (cfg.log_steps); not checkpointed: reported by then
+    ema: EMA | None = None  # cfg.ema_decay
+    lookahead: Lookahead | None = None  # cfg.lookahead_steps
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[nn.Module]:
+        """The model as it is scored: holding the EMA weights inside the block when there is one."""
+        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext(self.model) as model:
+            yield model
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (deep copy): training goes on mutating the live tensors after this returns."""
@@ -95,6 +62,8 @@ class TrainState:
             "epoch": self.epoch,
             "history": list(self.history),
             "step": self.step,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"lookahead": self.lookahead.state_dict()} if self.lookahead is not None else {}),
         })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -105,6 +74,11 @@ class TrainState:
             self.generator.set_state(state["generator"].to("cpu"))
             self.epoch, self.history = int(state["epoch"]), list(state["history"])
             self.step = int(state.get("step", 0))
+            for name, average in (("ema", self.ema), ("lookahead", self.lookahead)):
+                if average is not None and name in state:
+                    average.load_state_dict(state[name])
+                elif average is not None:  # turned on for the resumed run: start from the checkpoint's weights
+                    average.reset(self.model)
         except (KeyError, RuntimeError, ValueError) as e:
             raise ValueError(f"checkpoint does not match this model/config and cannot be resumed: {e}") from e
 
@@ -149,11 +123,13 @@ def _setup(cfg: TrainConfig, data: ImageData, resume: dict[str, Any] | None) -> 
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, len(loader))
     total_epochs, total_steps = cfg.budget(len(loader))
-    state = TrainState(project(cfg, TrainConfig), model, optimizer, scheduler, generator, total_epochs=total_epochs)
+    state = TrainState(project(cfg, TrainConfig), model, optimizer, scheduler, generator, total_epochs=total_epochs,
+                       ema=EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
+                       lookahead=Lookahead(model, cfg.lookahead_steps, cfg.lookahead_alpha) if cfg.lookahead_steps else None)
     if resume is not None:
         state.load_state_dict(resume)
         state.step = state.step or state.epoch * len(loader)  # checkpoints from before steps were counted
-        adopt_hyperparameters(cfg, optimizer, scheduler)
+        adopt_hyperparameters(cfg, model, optimizer, scheduler)
     run = _Run(device, memory_format, loader, data.val.to(device),
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), total_steps,
                cfg.adversary(model, generator), StepRecorder(model) if cfg.log_steps else None)
@@ -172,7 +148,7 @@ def _train_epoch(cfg: TrainConfig, state: TrainState, run: _Run) -> tuple[float,
         if state.step >= run.total_steps:  # a step budget ends part-way through the last epoch
             break
         x = x.contiguous(memory_format=run.memory_format)
-        with _autocast(run.device, cfg.amp):
+        with autocast(run.device, cfg.amp):
             if run.adversary is not None:  # the attack runs in eval mode (BN's running statistics), restores train
                 x = run.adversary(x, y).images
             logits = model(x)
@@ -182,12 +158,16 @@ def _train_epoch(cfg: TrainConfig, state: TrainState, run: _Run) -> tuple[float,
         optimizer.step()
         state.scheduler.step()
         state.step += 1
+        if state.lookahead is not None:
+            state.lookahead.update(model, state.step)
+        if state.ema is not None:
+            state.ema.update(model)
         if run.recorder is not None:
             run.recorder.record(state.step, loss, logits, y)
         loss_sum += loss.detach() * len(y)  # stays on the device: no sync per step
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    _sync(run.device)
+    sync(run.device)
     train_loss = loss_sum.item() / max(1, seen)
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"training loss became {train_loss} in epoch {state.epoch + 1}; lower lr={cfg.lr}")
@@ -197,14 +177,17 @@ def _train_epoch(cfg: TrainConfig, state: TrainState, run: _Run) -> tuple[float,
 def _epoch_metrics(cfg: TrainConfig, state: TrainState, run: _Run, train_loss: float, train_acc: float,
                    seen: int, start: float, train_s: float) -> dict[str, float]:
     """The epoch's record: training figures, validation loss and accuracy (and robust accuracy), lr, speed."""
-    if len(run.val_set):
-        val = evaluate(state.model, run.val_set, cfg.eval_batch_size, cfg.amp)
-    else:
-        val = {"loss": math.nan, "acc": math.nan}
+    with state.averaged() as model:
+        if len(run.val_set):
+            val = evaluate(model, run.val_set, cfg.eval_batch_size, cfg.amp, cfg.tta)
+        else:
+            val = {"loss": math.nan, "acc": math.nan}
+        if cfg.robust_eps and len(run.val_set):
+            robust = robust_accuracy(model, run.val_set, cfg)
     metrics = {"epoch": state.epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": state.optimizer.param_groups[0]["lr"], "images_per_s": seen / train_s}
     if cfg.robust_eps and len(run.val_set):
-        metrics["val_robust_acc"] = robust_accuracy(state.model, run.val_set, cfg)
+        metrics["val_robust_acc"] = robust
     metrics["epoch_s"] = time.perf_counter() - start
     return metrics
 
@@ -234,4 +217,8 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
             on_epoch(metrics, state)
     if run.recorder is not None:
         run.recorder.close()
+    if state.lookahead is not None:  # the returned model is the slow weights, synchronised one last time
+        state.lookahead.update(state.model, state.lookahead.steps)
+    if state.ema is not None:  # ... or the average, which validation scored
+        state.model.load_state_dict(state.ema.state_dict(), strict=False)
     return TrainResult(state.model, state.history, step_rows)

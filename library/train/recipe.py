@@ -25,17 +25,32 @@ class TrainConfig(Config):
     epochs: int = 15  # passes over the training split
     steps: int = 0  # optimiser steps in all, overriding epochs (the last epoch may be partial); 0 = epochs' worth
     batch_size: int = 256  # images per optimiser step
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # sgd = SGD with Nesterov momentum
-    lr: float = 3e-3  # peak learning rate, reached at the end of warm-up
-    weight_decay: float = 5e-2  # decoupled for adamw, L2 for adam/sgd (use ~5e-4 there); never on norms/biases
+    optimizer: Literal["adamw", "adam", "sgd", "sgd_1024"] = "adamw"  # sgd = SGD with Nesterov momentum;
+    # sgd_1024 = airbench's SGD-Nesterov: lr and weight_decay stated per 1,024 examples, decay decoupled from lr
+    lr: float = 3e-3  # peak learning rate, reached at the end of warm-up (sgd_1024: per 1,024 examples, ~10)
+    weight_decay: float = 5e-2  # decoupled for adamw, L2 for adam/sgd (use ~5e-4 there), never on norms/biases;
+    # sgd_1024: decoupled, per 1,024 examples, on every parameter (airbench: ~0.015)
+    norm_bias_lr: float = 1.0  # learning-rate multiplier for the biases of normalisation layers (airbench: 64)
     momentum: float = 0.9  # SGD momentum, or Adam's beta1
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"  # shape after the warm-up
-    warmup_epochs: float = 1.0  # linear warm-up from lr/100, epochs (fractions allowed)
+    schedule: Literal["cosine", "linear", "onecycle", "constant"] = "cosine"  # shape after the warm-up
+    warmup_epochs: float = 1.0  # linear warm-up, epochs (fractions allowed)
+    warmup_start: float = 0.01  # the warm-up's first learning rate, as a fraction of lr
+    final_lr: float = 0.0  # the cosine or linear schedule's last learning rate, as a fraction of lr
+    ema_decay: float = 0.0  # > 0: an exponential moving average of the weights, updated every step with this
+    # decay (e.g. 0.99); validation, test and the returned model use it
+    lookahead_steps: int = 0  # > 0: Lookahead (Zhang et al., 2019): every this many steps the slow weights move
+    # lookahead_alpha of the way to the fast ones, which restart from them; the returned model is the slow one
+    lookahead_alpha: float = 0.5
+    tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation in validation and test:
+    # the logits averaged over the image and its mirror (and, with translate, one-pixel shifts of both)
     label_smoothing: float = 0.0  # probability mass spread over all classes, 0..1
     crop: Literal["none", "pad", "resized"] = "pad"  # pad = zero-pad + random crop; resized = RandomResizedCrop
     crop_pad: int = 4  # pixels, for crop=pad
     crop_scale_min: float = 0.8  # smallest area fraction, for crop=resized
     flip: bool = True  # random horizontal flip, p = 0.5
+    flip_mode: Literal["random", "alternate"] = "random"  # alternate (airbench): each image mirrored every other
+    # epoch, starting at random (crop=pad or none)
+    crop_pad_mode: Literal["zeros", "reflect"] = "zeros"  # crop=pad's padding; reflect = airbench's translation
     cutout: int = 0  # side of a zeroed square, pixels; 0 = off
     eval_batch_size: int = 1024  # images per forward pass when evaluating
     seed: int = 0  # weights, data order and augmentation
@@ -62,6 +77,13 @@ class TrainConfig(Config):
             "eval_batch_size": self.eval_batch_size >= 1,
             "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0,
+            "norm_bias_lr": self.norm_bias_lr > 0,
+            "warmup_start": 0 < self.warmup_start <= 1,
+            "final_lr": 0 <= self.final_lr <= 1,
+            "ema_decay": 0 <= self.ema_decay < 1,
+            "lookahead_steps": self.lookahead_steps >= 0,
+            "lookahead_alpha": 0 < self.lookahead_alpha <= 1,
+            "flip_mode": self.flip_mode == "random" or self.crop != "resized",
             "momentum": 0 <= self.momentum < 1,
             "warmup_epochs": self.warmup_epochs >= 0,
             "label_smoothing": 0 <= self.label_smoothing < 1,
@@ -76,7 +98,8 @@ class TrainConfig(Config):
         })
 
     def augment(self) -> Augment:
-        return Augment(self.crop, self.crop_pad, self.crop_scale_min, self.flip, self.cutout)
+        return Augment(self.crop, self.crop_pad, self.crop_scale_min, self.flip, self.cutout, self.crop_pad_mode,
+                       self.flip_mode)
 
     @property
     def robust_eps(self) -> float:
@@ -112,11 +135,40 @@ def build_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
     return create_model(cfg.model, **model_options(cfg, data))
 
 
+def _norm_biases(model: nn.Module) -> list[nn.Parameter]:
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+    return [m.bias for m in model.modules() if isinstance(m, norms) and m.bias is not None and m.bias.requires_grad]
+
+
+def param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups, each with its own lr and weight_decay (recomputed on a resume).
+
+    adamw/adam/sgd: timm's grouping, decay only on weight matrices and conv kernels (decaying norm scales and
+    biases only fights the norm layers): [no decay, decay], the second absent when weight_decay is 0. sgd_1024:
+    airbench's units for a mean loss over a batch of B: lr·B/K per step and a decay of weight_decay·B/K per step
+    whatever the lr (K = 1024·(1 + 1/(1 − momentum)), the examples a step's momentum spreads over, per 1,024).
+    Either way normalisation biases run at lr × norm_bias_lr, in a group of their own."""
+    biases = {id(p) for p in _norm_biases(model)} if cfg.norm_bias_lr != 1 else set()
+    if cfg.optimizer == "sgd_1024":
+        kilo = 1024 * (1 + 1 / (1 - cfg.momentum))
+        lr, decay = cfg.lr * cfg.batch_size / kilo, cfg.weight_decay * cfg.batch_size / kilo
+        trained = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trained if id(p) not in biases], "lr": lr}]
+        groups += [{"params": [p for p in trained if id(p) in biases], "lr": lr * cfg.norm_bias_lr}]
+        for group in groups:
+            group["weight_decay"] = decay / group["lr"]  # torch scales decay by lr: this undoes it
+        return [g for g in groups if g["params"]]
+    groups = [dict(g, lr=cfg.lr) for g in param_groups_weight_decay(model, cfg.weight_decay)]
+    if biases:
+        groups = [dict(g, params=[p for p in g["params"] if id(p) not in biases]) for g in groups]
+        groups.append({"params": [p for p in model.parameters() if id(p) in biases], "lr": cfg.lr * cfg.norm_bias_lr,
+                       "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # timm's grouping: decay only weight matrices and conv kernels (decaying norm scales and biases only fights
-    # the norm layers); its groups are [no decay, decay], the second absent when weight_decay is 0
-    groups = param_groups_weight_decay(model, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
+    groups = param_groups(cfg, model)
+    if cfg.optimizer in ("sgd", "sgd_1024"):
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     betas = (cfg.momentum, 0.999)
     if cfg.optimizer == "adam":
@@ -125,51 +177,42 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """A per-step schedule: linear warm-up from lr/100, then cosine to zero, constant, or PyTorch's one-cycle."""
+    """A per-step factor on each group's lr: linear warm-up from `warmup_start`, then cosine or linear down to
+    `final_lr`, constant, or PyTorch's one-cycle."""
     total = max(1, cfg.budget(steps_per_epoch)[1])
     warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(warmup, 1) / total,
-            cycle_momentum=cfg.optimizer == "sgd",
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=max(warmup, 1) / total, cycle_momentum=cfg.optimizer in ("sgd", "sgd_1024"),
         )
 
     def factor(step: int) -> float:
         if step < warmup:
-            return 0.01 + 0.99 * step / warmup
+            return cfg.warmup_start + (1 - cfg.warmup_start) * step / warmup
         if cfg.schedule == "constant":
             return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        progress = min((step - warmup) / max(1, total - warmup), 1.0)
+        shape = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return cfg.final_lr + (1 - cfg.final_lr) * shape
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _adopt_hyperparameters(cfg: TrainConfig, optimizer: torch.optim.Optimizer, scheduler) -> None:
-    """After loading a checkpoint, use `cfg`'s lr and weight decay rather than the checkpoint's: a resumed run
-    may carry new ones (Population Based Training's explore step). The schedule's position is kept."""
-    decayed = optimizer.param_groups[0]
-    decayed["weight_decay"] = cfg.weight_decay
-    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        scheduler.base_lrs = [cfg.lr] * len(scheduler.base_lrs)
-        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
-            group["lr"] = cfg.lr * factor(scheduler.last_epoch)
-
-
-def adopt_hyperparameters(cfg: TrainConfig, optimizer: torch.optim.Optimizer, scheduler) -> None:
+def adopt_hyperparameters(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
     """After loading a checkpoint, use `cfg`'s lr and weight decay rather than the checkpoint's: a resumed run
     may carry new ones (Population Based Training's explore step). The schedule's position is kept. OneCycle
     owns its learning rates, so a new lr for it is an error rather than silently ignored."""
-    decayed = [g for g in optimizer.param_groups if g["weight_decay"] > 0]
-    if decayed:
-        decayed[0]["weight_decay"] = cfg.weight_decay
-    elif cfg.weight_decay > 0:
-        raise ValueError(f"weight_decay={cfg.weight_decay} cannot be adopted by a run that started without weight "
-                         "decay (its optimiser has no decayed parameter group)")
+    fresh = param_groups(cfg, model)
+    if [len(g["params"]) for g in fresh] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError(f"weight_decay={cfg.weight_decay} or norm_bias_lr={cfg.norm_bias_lr} groups the parameters "
+                         "otherwise than the run that wrote the checkpoint (e.g. decay where it started without)")
+    for group, new in zip(optimizer.param_groups, fresh):
+        group["weight_decay"] = new["weight_decay"]
     if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        scheduler.base_lrs = [cfg.lr] * len(scheduler.base_lrs)
-        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
-            group["lr"] = cfg.lr * factor(scheduler.last_epoch)
-    elif not math.isclose(optimizer.param_groups[0].get("max_lr", cfg.lr), cfg.lr):
+        scheduler.base_lrs = [g["lr"] for g in fresh]
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+    elif not math.isclose(optimizer.param_groups[0].get("max_lr", fresh[0]["lr"]), fresh[0]["lr"]):
         raise ValueError(f"schedule={cfg.schedule} cannot take a new lr={cfg.lr} mid-run (it was "
                          f"{optimizer.param_groups[0]['max_lr']}); use schedule=cosine or constant")
