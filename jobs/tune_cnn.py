@@ -33,12 +33,12 @@ from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError, project  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.train.fit import log_fit  # noqa: E402
+from library.train.fit import final_fit, log_fit  # noqa: E402
 from library.search.space import DEFAULT_SPACE, SearchSpace  # noqa: E402
 from library.train.recipe import TrainConfig  # noqa: E402
 from library.runtime import ray_init  # noqa: E402
 from library.search.outcome import conclude_once  # noqa: E402
-from library.search.sweep import SweepOptions, final_fit, run_sweep, validate_sweep  # noqa: E402
+from library.search.sweep import SweepOptions, run_sweep, validate_sweep  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class JobConfig(SweepOptions, TrainConfig, DataOptions):
     model: str = "improved_cnn"  # the family the space's model options belong to
     space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))  # see library/search/space.py
     retrain: bool = True  # retrain the best configuration on the whole training set and test it once
-    final_epochs: int = 0  # epochs of that final fit; 0 = the best trial's epoch budget
+    final_epochs: int = 0  # epochs of that final fit; 0 = the best trial's epoch budget (with metric=val_acc_at_time:
+    # the epochs it trained within trial_time_s)
     final_train_size: int = 0  # cap on its training images (train+val); 0 = the whole training set
     smoke_test: bool = False
 
@@ -92,7 +93,7 @@ def log_final(parent: str, best_cfg: TrainConfig, cfg: JobConfig) -> dict[str, f
     result into the parent run."""
     # trials may tune on a capped subset (train_size); the final fit uses the whole training set
     full = load_data(dataclasses.replace(cfg, train_size=cfg.final_train_size))
-    fit = final_fit(best_cfg, full, cfg)
+    fit = final_fit(best_cfg, full, cfg.cpus_per_trial)
     log_fit(fit, parent, "best configuration, final fit on train+val", prefix="final")
     return fit.test
 
@@ -108,6 +109,8 @@ def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> di
     best_cfg = space.apply(best_point)
     if cfg.final_epochs:
         best_cfg = dataclasses.replace(best_cfg, epochs=cfg.final_epochs)
+    elif cfg.metric == "val_acc_at_time":  # the epochs the best trial trained within its time budget
+        best_cfg = dataclasses.replace(best_cfg, epochs=int(best["epochs_run"]), steps=0)
     logged = client.get_run(parent).data.metrics  # non-empty if an earlier run died part-way through this
     client.set_tag(parent, "best_trial", best["trial"])
     tracking.log_config(best_point, run_id=parent, prefix="best.")

@@ -11,7 +11,8 @@ from conftest import staged_copy_ok
 from library.config import ConfigError
 from library.search.space import DEFAULT_SPACE, SearchSpace, dimension, optuna_distributions
 from library.train.recipe import TrainConfig
-from library.search.sweep import CheckpointError, SweepOptions, _load_checkpoint, expected_trials, merge_train_val
+from library.search.sweep import CheckpointError, SweepOptions, _load_checkpoint, expected_trials
+from library.train.fit import merge_train_val
 
 BASE = TrainConfig(model="improved_cnn")
 

@@ -151,6 +151,28 @@ def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root, m
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")] == [1, 2, 3]
 
 
+def test_a_time_to_accuracy_sweep_ranks_by_accuracy_within_each_trials_time_budget(tmp_path, cifar_root):
+    out = run_tune(tmp_path, cifar_root, "timed", "--metric=val_acc_at_time", "--trial_time_s=0.3",
+                   "--space.epochs=[4]", "--num_samples=2", "--scheduler=fifo")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    parents, children = runs_of(tmp_path, "timed")
+    client = mlflow.MlflowClient()
+    for child in children:  # each trial stopped after the epoch whose training time reached the budget
+        train_s = [m.value for m in client.get_metric_history(child.info.run_id, "train_s")]
+        assert train_s[-1] >= 0.3 and (len(train_s) == 1 or train_s[-2] < 0.3) and len(train_s) <= 4
+        assert "val_acc_at_time" in child.data.metrics
+    parent = parents[0]
+    assert "best_val_acc_at_time" in parent.data.metrics and "test_acc" in parent.data.metrics
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/leaderboard.json"))
+    scores = [row["val_acc_at_time"] for row in table]
+    assert scores == sorted(scores, reverse=True)  # ranked by accuracy within the time budget
+
+
+def test_time_to_accuracy_needs_a_time_budget(tmp_path, cifar_root):
+    out = run_tune(tmp_path, cifar_root, "untimed", "--metric=val_acc_at_time", timeout=120)
+    assert out.returncode == 2 and "trial_time_s" in out.stderr
+
+
 def test_population_based_training_runs_with_random_search(tmp_path, cifar_root):
     out = run_tune(tmp_path, cifar_root, "pbt", "--search=random", "--scheduler=pbt", "--num_samples=3",
                    "--max_concurrent=2", "--space.epochs=[3]", "--grace_period=1", "--retrain=false")

@@ -1,4 +1,5 @@
 """Searches and studies on Ray Tune: `space` (search spaces as data), `sweep` (the trainable, searcher,
-scheduler, run_sweep, the final fit), `trial_runs` (one MLflow child run per trial, from the driver), `outcome`
-(finished or interrupted, concluded once), `study` (variants × seeds as a tested grid), and `sweep_report` /
-`study_report`, which rebuild the comparisons from MLflow alone and load no Ray. Imports the plumbing and train/."""
+scheduler, run_sweep), `trial_runs` (one MLflow child run per trial, from the driver), `progress` (the console
+while trials run), `outcome` (finished or interrupted, concluded once), `study` (variants × seeds as a tested
+grid), and `sweep_report` / `study_report`, which rebuild the comparisons from MLflow alone and load no Ray.
+Imports the plumbing and train/."""

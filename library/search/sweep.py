@@ -7,7 +7,6 @@ continues from `tune.get_checkpoint()`. The data set travels once through the ob
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -22,18 +21,16 @@ import torch
 
 from .. import tracking
 from ..config import Config, ConfigError, digest, project
-from ..data import ImageData, ImageSet
+from ..data import ImageData
 from ..runtime import cluster_has_gpu, use_assigned_cpus
-from ..train.fit import Fit, fit_remote
 from ..train.evaluation import evaluate
 from ..train.loop import train
-from ..train.recipe import TrainConfig
 from .outcome import SweepOutcome, all_trials_done
 from .space import SearchSpace
 
 CHECKPOINT_FILE = "train_state.pt"
 STORAGE_ENV = "CV_STORAGE_PATH"
-MODE = "max"  # both metrics a sweep can rank by are accuracies
+MODE = "max"  # every metric a sweep can rank by is an accuracy
 UI_HINT = ("\n\n**Reading it in the MLflow UI** (the *Model training* view): in the experiment's Runs table, ⊞ beside "
            "this run lists its trials, one child run each; *Columns* adds `val_acc` (and `test_acc`) to compare them; "
            "this run's *Artifacts* hold the comparison: tables (leaderboard or results) and figures.")
@@ -68,8 +65,11 @@ class SweepOptions(Config):
     ray_address: str = ""  # default: $RAY_ADDRESS (set by `ray job submit`), else a running `ray start` cluster
     # on this machine, else a new local Ray; "local" always starts a new one
     search_seed: int = 0  # seeds Optuna's sampler
-    metric: Literal["val_acc", "val_robust_acc"] = "val_acc"  # what trials are ranked, stopped and chosen by;
-    # val_robust_acc (accuracy under PGD, for adversarial training) needs a robust radius in every trial
+    metric: Literal["val_acc", "val_robust_acc", "val_acc_at_time"] = "val_acc"  # what trials are ranked, stopped
+    # and chosen by; val_robust_acc (accuracy under PGD, for adversarial training) needs a robust radius in every
+    # trial; val_acc_at_time is the validation accuracy when the trial's training time reaches trial_time_s
+    trial_time_s: float = 0.0  # with metric=val_acc_at_time: each trial's training budget, seconds of training
+    # (evaluation excluded); a trial stops after the epoch that reaches it
 
     def __post_init__(self):
         super().__post_init__()
@@ -82,6 +82,9 @@ class SweepOptions(Config):
             raise ConfigError(f"reduction_factor={self.reduction_factor} must be at least 2")
         if self.cpus_per_trial <= 0:
             raise ConfigError(f"cpus_per_trial={self.cpus_per_trial} must be positive")
+        if (self.metric == "val_acc_at_time") != (self.trial_time_s > 0):
+            raise ConfigError("metric=val_acc_at_time and trial_time_s > 0 go together: the metric is the accuracy "
+                              f"within that training time (got metric={self.metric}, trial_time_s={self.trial_time_s})")
         if self.gpus_per_trial < 0 or (self.gpus_per_trial > 1 and self.gpus_per_trial % 1):
             raise ConfigError(f"gpus_per_trial={self.gpus_per_trial} must be a fraction of one GPU or whole GPUs")
 
@@ -109,18 +112,23 @@ def _load_checkpoint(checkpoint) -> dict[str, Any] | None:
                                   "or from scratch.") from e
 
 
-def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test: bool = False) -> None:
+def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test: bool = False,
+              time_budget_s: float = 0.0) -> None:
     """One trial: the sampled `config` applied to the space's base TrainConfig, trained with a report and a
     checkpoint per epoch. With `test` (studies, which select nothing on validation), the last report carries the
-    test-set metrics; per-iteration rows (TrainConfig.log_steps) travel in each report as `step_rows`."""
+    test-set metrics; per-iteration rows (TrainConfig.log_steps) travel in each report as `step_rows`. With
+    `time_budget_s`, each report carries val_acc_at_time and the trial ends once its training time reaches it."""
     from ray import tune
 
     use_assigned_cpus()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a "Checkpoint successfully created" line per epoch
     cfg = space.apply(config)
 
-    def on_epoch(metrics: dict, state) -> None:
+    def on_epoch(metrics: dict, state) -> bool:
         report = dict(metrics)
+        out_of_time = bool(time_budget_s) and metrics["train_s"] >= time_budget_s
+        if time_budget_s:
+            report["val_acc_at_time"] = metrics["val_acc"]
         if test and state.epoch == state.total_epochs:
             with state.averaged() as model:
                 scores = evaluate(model, data.test, cfg.eval_batch_size, cfg.amp, cfg.tta)
@@ -130,6 +138,7 @@ def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test:
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.state_dict(), Path(directory) / CHECKPOINT_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
+        return out_of_time
 
     train(cfg, data, on_epoch=on_epoch, resume=_load_checkpoint(tune.get_checkpoint()))
 
@@ -201,7 +210,8 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
 
     path = opts.experiment_path()
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial if cluster_has_gpu() else 0.0}
-    fn = tune.with_resources(tune.with_parameters(trainable, data=data, space=space, test=test), resources)
+    fn = tune.with_resources(tune.with_parameters(trainable, data=data, space=space, test=test,
+                                                  time_budget_s=opts.trial_time_s), resources)
     if tune.Tuner.can_restore(path):
         if not opts.resume:
             raise ConfigError(f"this sweep already exists at {path}; pass --resume=true to continue it, or choose "
@@ -268,23 +278,3 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
     budget_spent = bool(opts.time_budget_s) and time.monotonic() - start >= opts.time_budget_s
     finished = budget_spent or all_trials_done(parent, expected_trials(opts, space))
     return SweepOutcome(parent, results, resumed, finished)
-
-
-def merge_train_val(data: ImageData) -> ImageData:
-    """The final-fit data: training and validation splits together, no validation, the same test set."""
-    train_set = ImageSet(torch.cat([data.train.images, data.val.images]), torch.cat([data.train.labels, data.val.labels]))
-    empty = ImageSet(data.val.images[:0], data.val.labels[:0])
-    return dataclasses.replace(data, train=train_set, val=empty)
-
-
-def final_fit(cfg: TrainConfig, data: ImageData, opts: SweepOptions) -> Fit:
-    """Retrain `cfg` on train+validation and evaluate it once on the test set, as one Ray task: a whole GPU
-    when the cluster has one, else all the CPUs of the largest node (one run, nothing else to share them with)."""
-    import ray
-
-    if cluster_has_gpu():
-        gpus, cpus = 1.0, opts.cpus_per_trial
-    else:
-        node_cpus = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
-        gpus, cpus = 0.0, max(opts.cpus_per_trial, node_cpus)
-    return ray.get(fit_remote(cfg, merge_train_val(data), "final fit", num_cpus=cpus, num_gpus=gpus))

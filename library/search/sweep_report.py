@@ -51,8 +51,9 @@ def leaderboard(parent_run_id: str, metric: str = "val_acc") -> pd.DataFrame:
                "epochs_run": max((m.step for m in history), default=0),
                "val_acc": run.get("metrics.val_acc", math.nan), "val_loss": run.get("metrics.val_loss", math.nan),
                "train_loss": run.get("metrics.train_loss", math.nan)}
-        if "metrics.val_robust_acc" in runs.columns:
-            row["val_robust_acc"] = run.get("metrics.val_robust_acc", math.nan)
+        for extra in ("val_robust_acc", "val_acc_at_time", "train_s"):  # what some sweeps report
+            if f"metrics.{extra}" in runs.columns:
+                row[extra] = run.get(f"metrics.{extra}", math.nan)
         for column in runs.columns:
             if column.startswith(f"params.{SPACE_PARAM_PREFIX}"):
                 row[column[len(f"params.{SPACE_PARAM_PREFIX}"):]] = _value(run[column]) if isinstance(run[column], str) else run[column]

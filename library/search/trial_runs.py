@@ -20,8 +20,8 @@ from ray.tune import Callback
 from .. import tracking
 from .space import SearchSpace
 
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_robust_acc", "lr", "images_per_s", "epoch_s",
-           "test_loss", "test_acc")
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_robust_acc", "val_acc_at_time", "train_s", "lr",
+           "images_per_s", "epoch_s", "test_loss", "test_acc")
 STEP_PREFIX = "step."  # per-iteration metrics (TrainConfig.log_steps): step.train_acc, step.grad_first, ...
 
 

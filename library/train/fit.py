@@ -6,6 +6,7 @@ logs it. One writer per store keeps a SQLite store safe and a remote server's lo
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,10 @@ import torch
 from torch import nn
 
 from .. import tracking
-from ..data import ImageData
+from ..data import ImageData, ImageSet
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure, training_curves_figure
-from ..runtime import remote_task
+from ..runtime import cluster_has_gpu, remote_task
 from .evaluation import evaluate, robust_accuracy
 from .loop import EpochCallback, train
 from .recipe import TrainConfig, model_options
@@ -97,3 +98,23 @@ def log_fit(fit: Fit, run_id: str, title: str, prefix: str = "", epochs: bool = 
     client.log_dict(run_id, fit.history, artifact.format("history.json"))
     tracking.log_model(model, fit.model, fit.model_kw, local_dir=local_dir, run_id=run_id)
     return model
+
+
+def merge_train_val(data: ImageData) -> ImageData:
+    """The final-fit data: training and validation splits together, no validation, the same test set."""
+    train_set = ImageSet(torch.cat([data.train.images, data.val.images]), torch.cat([data.train.labels, data.val.labels]))
+    empty = ImageSet(data.val.images[:0], data.val.labels[:0])
+    return dataclasses.replace(data, train=train_set, val=empty)
+
+
+def final_fit(cfg: TrainConfig, data: ImageData, cpus: float = 1.0) -> Fit:
+    """Retrain `cfg` on train+validation and evaluate it once on the test set, as one Ray task: a whole GPU
+    when the cluster has one, else all the CPUs of the largest node (one run, nothing else to share them with)."""
+    import ray
+
+    if cluster_has_gpu():
+        gpus = 1.0
+    else:
+        node_cpus = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
+        gpus, cpus = 0.0, max(cpus, node_cpus)
+    return ray.get(fit_remote(cfg, merge_train_val(data), "final fit", num_cpus=cpus, num_gpus=gpus))

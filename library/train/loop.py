@@ -90,7 +90,7 @@ class TrainResult:
     step_rows: list[dict[str, float]] = field(default_factory=list)  # one dict per iteration, with cfg.log_steps
 
 
-EpochCallback = Callable[[dict[str, float], TrainState], None]
+EpochCallback = Callable[[dict[str, float], TrainState], bool | None]  # True: stop training after this epoch
 
 
 @dataclass
@@ -184,8 +184,10 @@ def _epoch_metrics(cfg: TrainConfig, state: TrainState, run: _Run, train_loss: f
             val = {"loss": math.nan, "acc": math.nan}
         if cfg.robust_eps and len(run.val_set):
             robust = robust_accuracy(model, run.val_set, cfg)
+    so_far = state.history[-1].get("train_s", 0.0) if state.history else 0.0
     metrics = {"epoch": state.epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-               "val_acc": val["acc"], "lr": state.optimizer.param_groups[0]["lr"], "images_per_s": seen / train_s}
+               "val_acc": val["acc"], "lr": state.optimizer.param_groups[0]["lr"], "images_per_s": seen / train_s,
+               "train_s": so_far + train_s}
     if cfg.robust_eps and len(run.val_set):
         metrics["val_robust_acc"] = robust
     metrics["epoch_s"] = time.perf_counter() - start
@@ -198,9 +200,10 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
 
     Metrics per epoch: epoch, train_loss, train_acc (on augmented batches, adversarial ones with
     `cfg.adv_eps_255`), val_loss, val_acc, lr (at the epoch's end), images_per_s (training steps only), epoch_s
-    (wall time including evaluation), and with a robust radius (`cfg.robust_eps`) val_robust_acc. With
+    (wall time including evaluation), train_s (training seconds so far, evaluation excluded: the time a
+    time-to-accuracy comparison counts), and with a robust radius (`cfg.robust_eps`) val_robust_acc. With
     `cfg.log_steps`, per-iteration rows too (see `library.train.step_metrics`): `state.epoch_rows` in
-    `on_epoch`, all of them in the result.
+    `on_epoch`, all of them in the result. `on_epoch` returning True ends training after that epoch.
     """
     state, run = _setup(cfg, data, resume)
     step_rows: list[dict[str, float]] = []
@@ -213,8 +216,8 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
         step_rows += state.epoch_rows
         metrics = _epoch_metrics(cfg, state, run, train_loss, train_acc, seen, start, train_s)
         state.history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics, state)
+        if on_epoch is not None and on_epoch(metrics, state):
+            break  # the caller stops here (a sweep's time budget per trial)
     if run.recorder is not None:
         run.recorder.close()
     if state.lookahead is not None:  # the returned model is the slow weights, synchronised one last time
