@@ -1,9 +1,10 @@
-"""The improved CIFAR-10 CNN (A3): Ray Tune searches architecture and training hyper-parameters together.
+"""The improved CIFAR-10 CNN (A3): Ray Tune searches architecture and training hyper-parameters together, over
+two families by default (improved_cnn, and airbench_cnn with airbench94's recipe; library/search/families.py).
 
     python jobs/tune_cnn.py                                    # Optuna + ASHA, 24 trials, local Ray
     python jobs/tune_cnn.py --smoke-test                       # 3 tiny trials, well under a minute on a CPU
-    python jobs/tune_cnn.py --space.kernel='[3]' --space.lr='(1e-3, 3e-2, "log")' --num_samples=50
-    python jobs/tune_cnn.py --search=random --scheduler=fifo
+    python jobs/tune_cnn.py --space.model.improved_cnn.kernel='[3]' --num_samples=50
+    python jobs/tune_cnn.py --metric=val_acc_at_time --trial_time_s=120  # accuracy within 120 s of training
     python jobs/tune_cnn.py --adv_eps_255=8 --metric=val_robust_acc  # D10: PGD adversarial training, ranked by
                                                                # accuracy under PGD at 8/255 (val_robust_acc)
     ray job submit --working-dir . -- python jobs/tune_cnn.py  # on a cluster (see cluster.yaml)
@@ -27,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
 
 import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from library.search import sweep_report  # noqa: E402
 from library import tracking  # noqa: E402
@@ -34,7 +36,8 @@ from library.cli import run_job  # noqa: E402
 from library.config import ConfigError, project  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.train.fit import final_fit, log_fit  # noqa: E402
-from library.search.space import DEFAULT_SPACE, SearchSpace  # noqa: E402
+from library.search.families import DEFAULT_SPACE, FamilySpace, make_space  # noqa: E402
+from library.search.space import SearchSpace  # noqa: E402
 from library.train.recipe import TrainConfig  # noqa: E402
 from library.runtime import ray_init  # noqa: E402
 from library.search.outcome import conclude_once  # noqa: E402
@@ -44,7 +47,8 @@ from library.search.sweep import SweepOptions, run_sweep, validate_sweep  # noqa
 @dataclass(frozen=True)
 class JobConfig(SweepOptions, TrainConfig, DataOptions):
     model: str = "improved_cnn"  # the family the space's model options belong to
-    space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))  # see library/search/space.py
+    space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))  # see library/search/space.py;
+    # the default searches two families, improved_cnn and airbench_cnn (library/search/families.py)
     retrain: bool = True  # retrain the best configuration on the whole training set and test it once
     final_epochs: int = 0  # epochs of that final fit; 0 = the best trial's epoch budget (with metric=val_acc_at_time:
     # the epochs it trained within trial_time_s)
@@ -69,7 +73,7 @@ DESCRIPTION = ("A3: architecture + hyper-parameter search for the improved CIFAR
                "validation accuracy; the best configuration is retrained on train+val and tested once.")
 
 
-def log_report(parent: str, space: SearchSpace, metric: str) -> Any:
+def log_report(parent: str, space: SearchSpace | FamilySpace, metric: str) -> Any:
     """Leaderboard, importances, learning curves and accuracy-vs-parameter plots (of the sweep's `metric`),
     into the parent run."""
     client = mlflow.MlflowClient()
@@ -78,12 +82,13 @@ def log_report(parent: str, space: SearchSpace, metric: str) -> Any:
     # log_dict/log_text overwrite; log_table would append rows to a leaderboard an interrupted run logged before
     client.log_dict(parent, json.loads(table.to_json(orient="records")), "leaderboard.json")
     client.log_text(parent, table.to_csv(index=False), "leaderboard.csv")
-    client.log_figure(parent, sweep_report.importance_figure(sweep_report.importances(table, space.spec, metric),
+    spec = sweep_report.flat_spec(space.spec)
+    client.log_figure(parent, sweep_report.importance_figure(sweep_report.importances(table, spec, metric),
                                                              metric), "parameter_importance.png")
     client.log_figure(parent, sweep_report.curves_figure(sweep_report.learning_curves(parent, metric), metric),
                       "learning_curves.png")
     client.log_figure(parent, sweep_report.accuracy_vs_parameter_figure(table, names, metric,
-                                                                     sweep_report.log_searched(space.spec)),
+                                                                     sweep_report.log_searched(spec)),
                       "accuracy_vs_parameters.png")
     return table
 
@@ -98,14 +103,15 @@ def log_final(parent: str, best_cfg: TrainConfig, cfg: JobConfig) -> dict[str, f
     return fit.test
 
 
-def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> dict:
+def conclude(parent: str, space: SearchSpace | FamilySpace, cfg: JobConfig, errors: int) -> dict:
     """Everything after the trials, once: the report, the best configuration, its final fit and test."""
     client = mlflow.MlflowClient()
     table = log_report(parent, space, cfg.metric)
     if table.empty:
         raise RuntimeError(f"no trial reported a result ({errors} errored); see the Tune log in {cfg.experiment_path()}")
     best = table.iloc[0]
-    best_point = space.fixed() | {d.name: best[d.name] for d in space.searched}
+    searched = {d.name: best.get(d.name) for d in space.searched}  # a family's trial has no value for the others'
+    best_point = space.fixed() | {k: v for k, v in searched.items() if v is not None and not pd.isna(v)}
     best_cfg = space.apply(best_point)
     if cfg.final_epochs:
         best_cfg = dataclasses.replace(best_cfg, epochs=cfg.final_epochs)
@@ -127,7 +133,7 @@ def conclude(parent: str, space: SearchSpace, cfg: JobConfig, errors: int) -> di
 
 
 def main(cfg: JobConfig) -> dict:
-    space = SearchSpace(cfg.space, project(cfg, TrainConfig))  # a bad space key or value stops here, before Ray
+    space = make_space(cfg.space, project(cfg, TrainConfig))  # a bad space key or value stops here, before Ray
     validate_sweep(cfg, space)
     uri = tracking.connect()
     data = load_data(cfg)

@@ -119,8 +119,23 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: cannot convert {value!r} to {tp}")
 
 
+def _set_path(mapping: Mapping[str, Any], key: str, path: list[str], value: Any) -> dict[str, Any]:
+    """A copy of `mapping` with `value` at `path` (nested dicts copied on the way, missing ones made)."""
+    out = dict(mapping)
+    head, rest = path[0], path[1:]
+    if not rest:
+        out[head] = value
+        return out
+    inner = out.get(head, {})
+    if not isinstance(inner, Mapping):
+        raise ConfigError(f"{key!r}: {head!r} holds {inner!r}, not a mapping to set {'.'.join(rest)!r} in")
+    out[head] = _set_path(inner, key, rest, value)
+    return out
+
+
 def override(cfg: C, overrides: Mapping[str, Any]) -> C:
-    """A copy of the dataclass `cfg` with `overrides` applied, type-checked; dotted keys reach into dict fields."""
+    """A copy of the dataclass `cfg` with `overrides` applied, type-checked; dotted keys reach into dict fields,
+    nested ones too (`--space.model.improved_cnn.kernel=[3]`)."""
     hints = _hints(type(cfg))
     names = [f.name for f in dataclasses.fields(cfg)]
     changes: dict[str, Any] = {}
@@ -132,9 +147,8 @@ def override(cfg: C, overrides: Mapping[str, Any]) -> C:
         if sub:
             if not (typing.get_origin(tp) is dict or tp is dict):
                 raise ConfigError(f"config key {field!r} is not a mapping, so {key!r} is not a valid key")
-            current = dict(changes.get(field, getattr(cfg, field)))
-            current[sub] = _literal(value) if isinstance(value, str) else value
-            changes[field] = current
+            changes[field] = _set_path(changes.get(field, getattr(cfg, field)), key, sub.split("."),
+                                       _literal(value) if isinstance(value, str) else value)
         else:
             changes[field] = coerce(key, value, tp)
     return dataclasses.replace(cfg, **changes)

@@ -110,3 +110,15 @@ def test_every_job_config_runs_the_checks_of_all_its_bases():
                     override(cfg, change)
                 checked += 1
     assert checked >= 20
+
+
+def test_dotted_keys_reach_into_nested_mappings_without_touching_the_defaults():
+    @dataclass(frozen=True)
+    class Spaced:
+        space: dict = field(default_factory=lambda: {"model": {"a": {"k": [3]}, "b": {}}, "lr": 1})
+
+    cfg = override(Spaced(), parse_argv(["--space.model.a.k=[5]", "--space.model.b.w=[8,16]", "--space.lr=2"]))
+    assert cfg.space == {"model": {"a": {"k": [5]}, "b": {"w": [8, 16]}}, "lr": 2}
+    assert Spaced().space["model"]["a"] == {"k": [3]}  # the default is not mutated
+    with pytest.raises(ConfigError, match="'lr' holds 1, not a mapping"):
+        override(Spaced(), {"space.lr.x": 3})

@@ -9,7 +9,7 @@ from ray import tune
 
 from conftest import staged_copy_ok
 from library.config import ConfigError
-from library.search.space import DEFAULT_SPACE, SearchSpace, dimension, optuna_distributions
+from library.search.space import IMPROVED_CNN_SPACE, SearchSpace, dimension, optuna_distributions
 from library.train.recipe import TrainConfig
 from library.search.sweep import CheckpointError, SweepOptions, _load_checkpoint, expected_trials
 from library.train.fit import merge_train_val
@@ -18,7 +18,7 @@ BASE = TrainConfig(model="improved_cnn")
 
 
 def test_the_default_space_is_valid_and_every_sample_is_a_working_config():
-    space = SearchSpace(DEFAULT_SPACE, BASE)
+    space = SearchSpace(IMPROVED_CNN_SPACE, BASE)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
@@ -46,7 +46,7 @@ def test_points_map_onto_the_train_config_and_model_options():
     ({"kernel": []}, "space.kernel"),
     ({"kernel": [3, 4]}, "odd"),
     ({"batch_size": [0, 64]}, "batch_size"),
-    ({"norm": ["bn", "weird"]}, "unknown norm"),
+    ({"norm": ["bn", "weird"]}, "space.norm='weird' is not one of"),
 ])
 def test_a_bad_space_is_refused_with_the_key_named(spec, match):
     with pytest.raises(ConfigError, match=match):
@@ -115,3 +115,53 @@ def test_pbt_needs_random_or_grid_search_and_a_mutable_training_parameter():
     with pytest.raises(ConfigError, match="onecycle cannot take"):  # it would ignore PBT's new lr
         validate_sweep(SweepOptions(scheduler="pbt", search="random"),
                        SearchSpace({"lr": (1e-3, 1e-2, "log"), "schedule": ["cosine", "onecycle"]}, BASE))
+
+
+TWO_FAMILIES = {"model": {"improved_cnn": {"width": [8, 16], "stages": [2], "lr": (1e-3, 1e-2, "log")},
+                          "airbench_cnn": {"width1": [8, 16], "width2": 16, "width3": 16, "optimizer": "sgd_1024",
+                                           "lr": (5.0, 15.0, "log"), "tta": "flip"}},
+                "epochs": [2]}
+
+
+def test_a_family_space_searches_each_familys_own_parameters():
+    from library.search.families import DEFAULT_SPACE, FamilySpace, make_space
+
+    space = make_space(TWO_FAMILIES, BASE)
+    assert isinstance(space, FamilySpace) and isinstance(make_space(IMPROVED_CNN_SPACE, BASE), SearchSpace)
+    assert {d.name for d in space.searched} >= {"model", "improved_cnn.width", "airbench_cnn.lr"}
+    study, chosen = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)), set()
+    for _ in range(12):
+        trial = study.ask()
+        fixed = space.define_by_run(trial)
+        point = trial.params | fixed
+        cfg = space.apply(point)
+        chosen.add(cfg.model)
+        if cfg.model == "airbench_cnn":  # airbench's units and options, never improved_cnn's
+            assert cfg.optimizer == "sgd_1024" and 5 <= cfg.lr <= 15 and cfg.tta == "flip"
+            assert set(cfg.model_kw) == {"width1", "width2", "width3"}
+        else:
+            assert cfg.optimizer == "adamw" and cfg.lr <= 1e-2 and cfg.model_kw["widths"][0] in (8, 16)
+        assert space.run_name(point).startswith(cfg.model) and cfg.epochs == 2
+        study.tell(trial, 0.5)
+    assert chosen == {"improved_cnn", "airbench_cnn"}
+    make_space(DEFAULT_SPACE, BASE)  # the job's default space validates
+
+
+def test_a_family_space_refuses_what_it_cannot_do():
+    from library.search.families import make_space
+    from library.search.sweep import validate_sweep
+
+    with pytest.raises(ConfigError, match="space.model.airbench_cnn: unknown search-space key 'width'"):
+        make_space({"model": {"airbench_cnn": {"width": [8]}, "improved_cnn": {}}}, BASE)
+    with pytest.raises(ConfigError, match="needs search=optuna"):
+        validate_sweep(SweepOptions(search="random"), make_space(TWO_FAMILIES, BASE))
+
+
+def test_a_one_family_space_is_a_plain_space_any_searcher_takes():
+    from library.search.families import make_space
+    from library.search.sweep import validate_sweep
+
+    space = make_space({"model": {"airbench_cnn": {"width1": [16, 32]}}, "epochs": [2]}, BASE)
+    assert isinstance(space, SearchSpace) and space.base.model == "airbench_cnn"
+    assert space.apply({"width1": 16, "epochs": 2}).model_kw == {"width1": 16}
+    validate_sweep(SweepOptions(search="random", scheduler="fifo"), space)

@@ -173,6 +173,21 @@ def test_time_to_accuracy_needs_a_time_budget(tmp_path, cifar_root):
     assert out.returncode == 2 and "trial_time_s" in out.stderr
 
 
+def test_a_sweep_over_two_model_families_concludes_with_the_best_of_either(tmp_path, cifar_root):
+    families = {"model": {"improved_cnn": {"width": [8], "stages": [2], "lr": (1e-3, 1e-2, "log")},
+                          "airbench_cnn": {"width1": [8], "width2": 16, "width3": 16, "optimizer": "sgd_1024",
+                                           "lr": (5.0, 15.0, "log"), "batch_size": 64, "tta": "flip"}},
+                "epochs": [2], "batch_size": [64]}
+    out = run_tune(tmp_path, cifar_root, "families", f"--space={families!r}", "--num_samples=4", "--scheduler=fifo")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    parents, children = runs_of(tmp_path, "families")
+    assert len(children) == 4 and all(c.info.run_name.split()[0] in families["model"] for c in children)
+    parent = parents[0]
+    assert parent.data.params["best.model"] in families["model"] and "test_acc" in parent.data.metrics
+    assert {"leaderboard.csv", "accuracy_vs_parameters.png", "parameter_importance.png"} <= {
+        a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+
+
 def test_population_based_training_runs_with_random_search(tmp_path, cifar_root):
     out = run_tune(tmp_path, cifar_root, "pbt", "--search=random", "--scheduler=pbt", "--num_samples=3",
                    "--max_concurrent=2", "--space.epochs=[3]", "--grace_period=1", "--retrain=false")
@@ -199,7 +214,8 @@ def test_an_adversarial_training_sweep_is_ranked_by_robust_accuracy(tmp_path, ci
 
 
 @pytest.mark.parametrize("arg, key", [("--space.kernell=[3]", "kernell"), ("--num_sample=3", "num_sample"),
-                                      ("--space.lr=(0.1, 0.01)", "space.lr"), ("--space.norm=['xx']", "unknown norm"),
+                                      ("--space.lr=(0.1, 0.01)", "space.lr"), ("--space.norm=['bn']", "airbench_cnn"),
+                                      ("--space.model.improved_cnn.norm=['xx']", "space.norm"),
                                       ("--scheduler=pbt", "pbt needs search=random"),
                                       ("--metric=val_robust_acc", "needs a robust radius")])
 def test_bad_keys_fail_before_ray_starts(arg, key, capsys):

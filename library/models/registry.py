@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import typing
 from typing import Callable
 
 from torch import nn
@@ -30,6 +31,11 @@ def list_models(pattern: str = "*") -> list[str]:
 def model_kwargs(name: str) -> dict[str, object]:
     """The builder's keyword arguments and their defaults."""
     return {p.name: p.default for p in inspect.signature(_builder(name)).parameters.values()}
+
+
+def model_hints(name: str) -> dict[str, object]:
+    """The builder's keyword arguments' annotated types (to convert values that arrive as text or floats)."""
+    return typing.get_type_hints(_builder(name))
 
 
 def _builder(name: str) -> Callable[..., nn.Module]:

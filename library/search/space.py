@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..config import ConfigError, coerce
-from ..models import create_model, model_kwargs
+from ..models import create_model, model_hints, model_kwargs
 from ..train.recipe import TrainConfig
 
 DERIVED = ("width", "stages")  # become the model's `widths`
 NOT_SEARCHABLE = ("model", "model_kw", "device", "seed")
 
-DEFAULT_SPACE: dict[str, Any] = {
+IMPROVED_CNN_SPACE: dict[str, Any] = {  # A3's family; families.DEFAULT_SPACE searches it beside airbench's
     "width": [32, 64, 96],  # channels of the first stage
     "stages": [2, 3],  # stages, each after a 2×2 max-pool and twice as wide as the last
     "depth": [1, 2],  # blocks per stage
@@ -109,11 +109,11 @@ class SearchSpace:
         """The `TrainConfig` for one sampled point (a trial's config); values are type-checked."""
         train_changes: dict[str, Any] = {}
         model_kw = dict(self.base.model_kw)
-        hints = typing.get_type_hints(TrainConfig)
+        hints, options = typing.get_type_hints(TrainConfig), model_hints(self.base.model)
         point = {k: v.item() if hasattr(v, "item") else v for k, v in point.items()}  # numpy scalars from Tune
         for name, value in point.items():
-            if name in self.model_options:
-                model_kw[name] = value
+            if name in self.model_options:  # typed as the builder declares (an int width read back as 8.0)
+                model_kw[name] = coerce(f"space.{name}", value, options[name]) if name in options else value
             elif name not in DERIVED:
                 train_changes[name] = coerce(f"space.{name}", value, hints[name])
         if "width" in point or "stages" in point:

@@ -183,9 +183,14 @@ def _scheduler(opts: SweepOptions, space: SearchSpace):
 
 
 def _values(space: SearchSpace, name: str) -> list[Any]:
-    """The values trials of `space` can get for the TrainConfig field `name` (a range: its two ends)."""
-    dim = next((d for d in space.dimensions if d.name == name), None)
-    return [getattr(space.base, name)] if dim is None else list(dim.values)
+    """The values trials of `space` can get for the TrainConfig field `name` (a range: its two ends), in every
+    family of a FamilySpace (whose dimensions are named <family>.<name>)."""
+    spaces = getattr(space, "spaces", {"": space}).values()
+    values = []
+    for sub in spaces:
+        dim = next((d for d in sub.dimensions if d.name == name), None)
+        values += [getattr(sub.base, name)] if dim is None else list(dim.values)
+    return values
 
 
 def _smallest(space: SearchSpace, name: str) -> Any:

@@ -25,10 +25,23 @@ def child_runs(parent_run_id: str) -> pd.DataFrame:
                               output_format="pandas")
 
 
+def flat_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A space's entries by the names trials record them under: a family space's `model` becomes the choice of
+    family, and each family's entries (with the shared ones) `<family>.<name>`."""
+    families = spec.get("model")
+    if not isinstance(families, dict):
+        return dict(spec)
+    shared = {k: v for k, v in spec.items() if k != "model"}
+    flat: dict[str, Any] = {"model": list(families)}
+    for family, own in families.items():
+        flat |= {f"{family}.{name}": value for name, value in {**own, **shared}.items()}
+    return flat
+
+
 def space_spec(parent_run_id: str) -> dict[str, Any]:
-    """The search space as the parent run recorded it (`space.<name>` params)."""
+    """The search space as the parent run recorded it (`space.<name>` params), flattened (`flat_spec`)."""
     params = mlflow.get_run(parent_run_id).data.params
-    return {k[len("space."):]: ast.literal_eval(v) for k, v in params.items() if k.startswith("space.")}
+    return flat_spec({k[len("space."):]: ast.literal_eval(v) for k, v in params.items() if k.startswith("space.")})
 
 
 def _value(text: str) -> Any:
@@ -90,8 +103,9 @@ def importances(table: pd.DataFrame, spec: dict[str, Any], metric: str = "val_ac
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for _, row in done.iterrows():
-        params = {n: row[n].item() if hasattr(row[n], "item") else row[n] for n in dists}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[metric])))
+        params = {n: row[n].item() if hasattr(row[n], "item") else row[n] for n in dists if not pd.isna(row[n])}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={n: dists[n] for n in params},
+                                                  value=float(row[metric])))  # a family's parameters only
     try:
         scores = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
@@ -153,15 +167,16 @@ def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str], metric: 
     fig = Figure(figsize=(4 * cols, 3 * rows))
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
-        x = table[name]
+        valid = table[[name, metric]].dropna()  # a family's parameter: only its own trials have a value
+        x, y = valid[name], valid[metric]
         if pd.api.types.is_float_dtype(x) or (pd.api.types.is_numeric_dtype(x) and x.nunique() > 4):
-            ax.scatter(x, table[metric], s=14)
+            ax.scatter(x, y, s=14)
             if name in log_names and (x > 0).all():
                 ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
         else:
             order = sorted(set(x), key=lambda v: (str(type(v)), v))
-            ax.scatter([order.index(v) for v in x], table[metric], s=14)
+            ax.scatter([order.index(v) for v in x], y, s=14)
             ax.set_xticks(range(len(order)), [_tick(v) for v in order])
         ax.set_title(name)
         ax.set_ylabel(metric)
