@@ -57,7 +57,8 @@ def training_curves_figure(history: Sequence[Mapping[str, float]], title: str = 
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
