@@ -19,21 +19,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
 
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from library.search import sweep_report  # noqa: E402
 from library import tracking  # noqa: E402
-from library.cli import run_job  # noqa: E402
-from library.config import ConfigError, project  # noqa: E402
+from library.cli import changed_settings, run_job  # noqa: E402
+from library.config import ConfigError, override, project  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.train.fit import final_fit, log_fit  # noqa: E402
 from library.search.families import DEFAULT_SPACE, FamilySpace, make_space  # noqa: E402
@@ -53,6 +55,9 @@ class JobConfig(SweepOptions, TrainConfig, DataOptions):
     final_epochs: int = 0  # epochs of that final fit; 0 = the best trial's epoch budget (with metric=val_acc_at_time:
     # the epochs it trained within trial_time_s)
     final_train_size: int = 0  # cap on its training images (train+val); 0 = the whole training set
+    budget: Literal["auto", "gpu", "cpu"] = "auto"  # gpu: the settings as they are (the seeds' full search); cpu:
+    # BUDGETS["cpu"] for the settings left at their defaults, a search sized for ~30 minutes on 2 cores; auto:
+    # gpu when torch sees a GPU here or the job runs on a cluster ($RAY_ADDRESS), else cpu
     smoke_test: bool = False
 
     def __post_init__(self):
@@ -69,6 +74,39 @@ SMOKE = {
               "act": ["relu", "mish"], "residual": [True, False], "lr": (1e-3, 1e-2, "log"), "batch_size": [64],
               "epochs": [2]},
 }
+# what --budget=cpu sets, where the command line leaves a setting at its default: 12 trials of at most 5 epochs on
+# 8,000 images, 2 at a time (one core each), ASHA from epoch 2, at most 20 minutes of trials, the widest options
+# of each family left out, then a final fit on 20,000 images
+BUDGETS: dict[str, dict[str, Any]] = {
+    "gpu": {},
+    "cpu": {"num_samples": 12, "max_concurrent": 2, "cpus_per_trial": 1.0, "grace_period": 2, "time_budget_s": 1200.0,
+            "train_size": 8000, "val_size": 2000, "final_train_size": 20000, "space.epochs": [5],
+            "space.model.improved_cnn.width": [32, 64], "space.model.improved_cnn.depth": [1],
+            "space.model.airbench_cnn.width2": [128], "space.model.airbench_cnn.width3": [128, 256]},
+}
+
+
+def resolve_budget(cfg: JobConfig) -> JobConfig:
+    """`--budget` made concrete, its settings applied to those the command line left at their defaults."""
+    budget = cfg.budget
+    if budget == "auto":
+        budget = "gpu" if torch.cuda.is_available() or os.environ.get("RAY_ADDRESS") else "cpu"
+    changed = set(changed_settings(cfg))
+    settings = {k: v for k, v in BUDGETS[budget].items() if k.split(".")[0] not in changed}
+    return override(cfg, settings | {"budget": budget})
+
+
+def describe_budget(cfg: JobConfig) -> str:
+    epochs = cfg.space.get("epochs", "the space's")
+    work = (f"{cfg.num_samples} trials of at most {epochs} epochs on {cfg.train_size or 'all the'} training images, "
+            f"{cfg.max_concurrent} at a time")
+    limit = f", stopped after {cfg.time_budget_s / 60:.0f} minutes" if cfg.time_budget_s else ""
+    final = f", then a final fit on {cfg.final_train_size or 'all'} images" if cfg.retrain else ""
+    sized = "sized for about 30 minutes on 2 CPU cores; --budget=gpu for the full search" if cfg.budget == "cpu" \
+        else "the full search"
+    return f"budget {cfg.budget}: {work}{limit}{final} ({sized})"
+
+
 DESCRIPTION = ("A3: architecture + hyper-parameter search for the improved CIFAR-10 CNN. Trials are ranked by "
                "validation accuracy; the best configuration is retrained on train+val and tested once.")
 
@@ -133,6 +171,8 @@ def conclude(parent: str, space: SearchSpace | FamilySpace, cfg: JobConfig, erro
 
 
 def main(cfg: JobConfig) -> dict:
+    if not cfg.smoke_test:
+        print(describe_budget(cfg), flush=True)
     space = make_space(cfg.space, project(cfg, TrainConfig))  # a bad space key or value stops here, before Ray
     validate_sweep(cfg, space)
     uri = tracking.connect()
@@ -158,4 +198,4 @@ def main(cfg: JobConfig) -> dict:
 
 
 if __name__ == "__main__":
-    run_job(main, JobConfig, smoke=SMOKE)
+    run_job(main, JobConfig, smoke=SMOKE, resolve=resolve_budget)

@@ -51,10 +51,13 @@ def banner(title: str, cfg: Any) -> None:
 
 
 def run_job(main: Callable[[C], Any], cls: type[C], smoke: Mapping[str, Any] | None = None,
-            argv: Sequence[str] | None = None) -> Any:
+            argv: Sequence[str] | None = None, resolve: Callable[[C], C] | None = None) -> Any:
+    """Parse the job's config (`resolve` then fills in what depends on the machine), print the banner, run
+    `main`; the expected failures end in one line on stderr and exit status 2."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = parse_job_config(cls, argv, smoke)
+        cfg = resolve(cfg) if resolve is not None else cfg
         banner(Path(sys.modules[main.__module__].__file__ or "job").name, cfg)
         return main(cfg)
     except EXPECTED_ERRORS as e:

@@ -241,3 +241,22 @@ def test_the_notebook_rebuilds_the_comparison_from_mlflow(smoke, monkeypatch):
     outputs, text = execute_notebook("sweep_report.ipynb")
     assert "unfinished" not in text and "-s2-d1-k" in text and "test accuracy after the final fit" in text  # trials by their names
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # accuracy-vs-parameter, curves, importance
+
+
+def test_the_default_budget_is_sized_to_the_machine_and_the_command_line_wins(monkeypatch):
+    from library.cli import parse_job_config
+
+    job = load_job("tune_cnn")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(job.torch.cuda, "is_available", lambda: False)
+    cpu = job.resolve_budget(parse_job_config(job.JobConfig, []))
+    assert cpu.budget == "cpu" and cpu.num_samples == 12 and cpu.train_size == 8000 and cpu.time_budget_s == 1200
+    assert cpu.space["epochs"] == [5] and cpu.space["model"]["improved_cnn"]["depth"] == [1]
+    assert "sized for about 30 minutes on 2 CPU cores" in job.describe_budget(cpu)
+    mine = job.resolve_budget(parse_job_config(job.JobConfig, ["--num_samples=40", "--space.model.improved_cnn.depth=[2]"]))
+    assert mine.num_samples == 40 and mine.space["model"]["improved_cnn"] == job.JobConfig().space["model"]["improved_cnn"] | {"depth": [2]}
+    assert mine.train_size == 8000  # the rest of the cpu budget still applies
+    full = job.resolve_budget(parse_job_config(job.JobConfig, ["--budget=gpu"]))
+    assert full == job.JobConfig(budget="gpu")  # the settings as they are: the full search
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert job.resolve_budget(parse_job_config(job.JobConfig, [])).budget == "gpu"  # a cluster job
