@@ -98,6 +98,7 @@ def resolve_budget(cfg: JobConfig) -> JobConfig:
 
 def describe_budget(cfg: JobConfig) -> str:
     epochs = cfg.space.get("epochs", "the space's")
+    epochs = max(epochs) if isinstance(epochs, (list, tuple)) else epochs
     work = (f"{cfg.num_samples} trials of at most {epochs} epochs on {cfg.train_size or 'all the'} training images, "
             f"{cfg.max_concurrent} at a time")
     limit = f", stopped after {cfg.time_budget_s / 60:.0f} minutes" if cfg.time_budget_s else ""
