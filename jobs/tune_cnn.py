@@ -195,6 +195,7 @@ def main(cfg: JobConfig) -> dict:
     summary |= {"parent_run_id": parent, "test_acc": metrics.get("test_acc"),
                 "test_robust_acc": metrics.get("test_robust_acc")}
     print(f"MLflow parent run {parent} in experiment '{cfg.name}' at {uri}; Tune state in {cfg.experiment_path()}")
+    print(f"in the MLflow UI (README: Sweeps): {tracking.ui_url(parent)}")
     return summary
 
 

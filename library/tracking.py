@@ -94,12 +94,8 @@ def connect(uri: str | None = None) -> str:
 
 
 def experiment_id(name: str) -> str:
-    """The id of experiment `name`, created if needed (safe when several processes race to create it), marked as
-    a model-training experiment: MLflow 3's UI otherwise opens an untagged experiment on its GenAI traces page,
-    not on the runs.
-
-    For a local sqlite store the artifacts go beside the database, so the store is one self-contained folder.
-    """
+    """The id of experiment `name`, created if needed (safe when several processes race to create it), tagged as
+    a model-training experiment (MLflow 3's kind). A local sqlite store keeps the artifacts beside the database."""
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:
@@ -185,6 +181,14 @@ def start_run(experiment: str, run_name: str | None = None, config: Any = None,
         if config is not None:
             log_config(config)
         yield run
+
+
+def ui_url(run_id: str) -> str:
+    """Run `run_id` in the MLflow UI's Model training view (a local store: `mlflow ui` as the README starts it)."""
+    uri = mlflow.get_tracking_uri()
+    root = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    return f"{root}/#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
 
 
 def log_epoch(metrics: Mapping[str, float], step: int | None = None) -> None:

@@ -89,6 +89,7 @@ def test_the_console_says_what_runs_in_a_few_lines(smoke):
     lines = out.stdout.splitlines()
     assert lines[0].startswith("==== tune_cnn.py · git ") and lines[2].startswith("results: MLflow store ")
     assert sum(line.startswith("trial ") and " done: " in line for line in lines) == 3
+    assert "#/experiments/" in lines[-1] and lines[-1].endswith("?workflowType=machine_learning")  # where to look
     assert len(lines) <= 20, out.stdout
     for noise in ("A new study created", "TensorBoard", "Checkpoint successfully created", "Token authentication",
                   "Creating initial MLflow database tables", "Trial status:", "snapshotting"):

@@ -213,4 +213,5 @@ def run_study_job(cfg: Any, variants: Mapping[str, TrainConfig], description: st
     summary = study_report.summary(table, order=list(space.variants))
     print("\n" + study_report.markdown_table(summary))
     print(f"MLflow parent run {parent} in experiment '{cfg.name}' at {uri}; Tune state in {cfg.experiment_path()}")
+    print(f"in the MLflow UI (README: Sweeps): {tracking.ui_url(parent)}")
     return {"parent_run_id": parent, "summary": json.loads(summary.to_json(orient="index"))}
