@@ -82,7 +82,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "cpu": {"num_samples": 12, "max_concurrent": 2, "cpus_per_trial": 1.0, "grace_period": 2, "time_budget_s": 1200.0,
             "train_size": 8000, "val_size": 2000, "final_train_size": 20000, "space.epochs": [5],
             "space.model.improved_cnn.width": [32, 64], "space.model.improved_cnn.depth": [1],
-            "space.model.airbench_cnn.width2": [128], "space.model.airbench_cnn.width3": [128, 256]},
+            "space.model.airbench_cnn.width2": [128], "space.model.airbench_cnn.width3": [128, 256],
+            "space.model.airbench_cnn.batch_size": [256, 512]},  # 1,024 leaves 7 steps an epoch on 8,000 images
 }
 
 
