@@ -56,7 +56,7 @@ class JobConfig(SweepOptions, TrainConfig, DataOptions):
     # the epochs it trained within trial_time_s)
     final_train_size: int = 0  # cap on its training images (train+val); 0 = the whole training set
     budget: Literal["auto", "gpu", "cpu"] = "auto"  # gpu: the settings as they are (the seeds' full search); cpu:
-    # BUDGETS["cpu"] for the settings left at their defaults, a search sized for ~30 minutes on 2 cores; auto:
+    # BUDGETS["cpu"] for the settings left at their defaults, a search of ~15 minutes on 2 cores; auto:
     # gpu when torch sees a GPU here or the job runs on a cluster ($RAY_ADDRESS), else cpu
     smoke_test: bool = False
 
@@ -104,7 +104,7 @@ def describe_budget(cfg: JobConfig) -> str:
             f"{cfg.max_concurrent} at a time")
     limit = f", stopped after {cfg.time_budget_s / 60:.0f} minutes" if cfg.time_budget_s else ""
     final = f", then a final fit on {cfg.final_train_size or 'all'} images" if cfg.retrain else ""
-    sized = "sized for about 30 minutes on 2 CPU cores; --budget=gpu for the full search" if cfg.budget == "cpu" \
+    sized = "about 15 minutes on 2 CPU cores; --budget=gpu for the full search" if cfg.budget == "cpu" \
         else "the full search"
     return f"budget {cfg.budget}: {work}{limit}{final} ({sized})"
 

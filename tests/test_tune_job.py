@@ -253,7 +253,7 @@ def test_the_default_budget_is_sized_to_the_machine_and_the_command_line_wins(mo
     cpu = job.resolve_budget(parse_job_config(job.JobConfig, []))
     assert cpu.budget == "cpu" and cpu.num_samples == 12 and cpu.train_size == 8000 and cpu.time_budget_s == 1200
     assert cpu.space["epochs"] == [5] and cpu.space["model"]["improved_cnn"]["depth"] == [1]
-    assert "sized for about 30 minutes on 2 CPU cores" in job.describe_budget(cpu)
+    assert "about 15 minutes on 2 CPU cores" in job.describe_budget(cpu)
     mine = job.resolve_budget(parse_job_config(job.JobConfig, ["--num_samples=40", "--space.model.improved_cnn.depth=[2]"]))
     assert mine.num_samples == 40 and mine.space["model"]["improved_cnn"] == job.JobConfig().space["model"]["improved_cnn"] | {"depth": [2]}
     assert mine.train_size == 8000  # the rest of the cpu budget still applies
