@@ -215,3 +215,17 @@ def staged_copy_ok():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StagedCopyWarning)
         yield
+
+
+def lr_trace(cfg, data, steps: int, steps_per_epoch: int = 10) -> list[float]:
+    """The first parameter group's learning rate at each of `steps` optimiser steps of `cfg`'s schedule."""
+    from library.train.recipe import build_model, make_optimizer, make_scheduler
+
+    optimizer = make_optimizer(cfg, build_model(cfg, data))
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch=steps_per_epoch)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from conftest import staged_copy_ok
+from conftest import lr_trace, staged_copy_ok
 from library.data import Augment, load_cifar10
 from library.train.evaluation import evaluate, tta_logits
 from library.train.loop import train
-from library.train.recipe import TrainConfig, make_optimizer, make_scheduler
+from library.train.recipe import TrainConfig, make_optimizer
 
 FAST = dict(batch_size=32, eval_batch_size=128, warmup_epochs=0.5)
 
@@ -74,15 +74,7 @@ def test_sgd_1024_states_lr_and_decay_per_1024_examples_and_speeds_up_norm_biase
 
 def test_the_linear_schedule_warms_up_from_warmup_start_and_ends_at_final_lr(tiny):
     cfg = TrainConfig(epochs=2, lr=1.0, schedule="linear", warmup_epochs=0.5, warmup_start=0.2, final_lr=0.07)
-    from library.train.recipe import build_model
-
-    optimizer = make_optimizer(cfg, build_model(cfg, tiny))
-    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch=10)
-    lrs = []
-    for _ in range(20):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = lr_trace(cfg, tiny, steps=20)
     assert lrs[0] == pytest.approx(0.2) and lrs[5] == pytest.approx(1.0) and max(lrs) == pytest.approx(1.0)
     assert lrs[-1] == pytest.approx(0.07 + 0.93 / 15)  # one step before the end of the linear decay to 0.07
 

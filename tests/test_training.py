@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from conftest import staged_copy_ok
+from conftest import lr_trace, staged_copy_ok
 from library.config import ConfigError
 from library.data import load_cifar10
 from library.train.evaluation import evaluate
 from library.train.loop import train
-from library.train.recipe import TrainConfig, build_model, make_optimizer, make_scheduler
+from library.train.recipe import TrainConfig, build_model, make_optimizer
 
 FAST = dict(batch_size=32, eval_batch_size=128, warmup_epochs=0.5)
 
@@ -25,7 +25,8 @@ def test_a_short_run_lowers_the_loss_and_reports_every_metric(tiny):
     history = result.history
     assert [m["epoch"] for m in history] == [1, 2, 3, 4] and [e for _, e in seen] == [1, 2, 3, 4]
     assert set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s",
-                               "epoch_s"}
+                               "epoch_s", "train_s"}
+    assert 0 < history[0]["train_s"] < history[-1]["train_s"]  # training seconds so far, cumulative
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1
     assert history[-1]["val_acc"] > 0.3  # templates under noise: far above chance (0.1) after a few steps
     assert all(math.isfinite(v) for m in history for v in m.values())
@@ -64,15 +65,7 @@ def test_evaluate_restores_the_training_mode(tiny):
 
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle", "constant"])
 def test_schedules_warm_up_then_follow_their_shape(schedule, tiny):
-    cfg = TrainConfig(epochs=4, lr=0.1, warmup_epochs=1, schedule=schedule)
-    model = build_model(cfg, tiny)
-    opt = make_optimizer(cfg, model)
-    sched = make_scheduler(cfg, opt, steps_per_epoch=10)
-    lrs = []
-    for _ in range(40):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = lr_trace(TrainConfig(epochs=4, lr=0.1, warmup_epochs=1, schedule=schedule), tiny, steps=40)
     assert lrs[0] < 0.02 and max(lrs) == pytest.approx(0.1, rel=0.02)
     assert lrs[-1] < 0.01 if schedule != "constant" else lrs[-1] == pytest.approx(0.1)
 

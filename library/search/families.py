@@ -105,16 +105,7 @@ class FamilySpace:
 
     def define_by_run(self, trial) -> dict[str, Any]:
         family = trial.suggest_categorical("model", list(self.spaces))
-        space = self.spaces[family]
-        for d in space.searched:
-            name = f"{family}.{d.name}"
-            if d.kind == "choice":
-                trial.suggest_categorical(name, list(d.values))
-            elif d.kind == "int":
-                trial.suggest_int(name, d.values[0], d.values[1], log=d.log)
-            else:
-                trial.suggest_float(name, d.values[0], d.values[1], log=d.log)
-        return {f"{family}.{k}": v for k, v in space.fixed().items()}
+        return self.spaces[family].define_by_run(trial, prefix=f"{family}.")
 
     def tune_space(self, grid: bool = False) -> dict[str, Any]:
         raise ConfigError("a space over several model families needs search=optuna (Tune's random and grid "

@@ -141,17 +141,18 @@ class SearchSpace:
                 numbers.append(f"{d.name}={value:.2g}" if isinstance(value, float) else f"{d.name}={value}")
         return " ".join(["-".join(words)] * bool(words) + numbers)
 
-    def define_by_run(self, trial) -> dict[str, Any]:
+    def define_by_run(self, trial, prefix: str = "") -> dict[str, Any]:
         """Optuna's define-by-run form (`OptunaSearch(space=...)`): suggests every searched dimension and
-        returns the fixed ones as constants."""
+        returns the fixed ones as constants, each named `prefix + name`."""
         for d in self.searched:
+            name = prefix + d.name
             if d.kind == "choice":
-                trial.suggest_categorical(d.name, list(d.values))
+                trial.suggest_categorical(name, list(d.values))
             elif d.kind == "int":
-                trial.suggest_int(d.name, d.values[0], d.values[1], log=d.log)
+                trial.suggest_int(name, d.values[0], d.values[1], log=d.log)
             else:
-                trial.suggest_float(d.name, d.values[0], d.values[1], log=d.log)
-        return self.fixed()
+                trial.suggest_float(name, d.values[0], d.values[1], log=d.log)
+        return {prefix + k: v for k, v in self.fixed().items()}
 
     def tune_space(self, grid: bool = False) -> dict[str, Any]:
         """Tune's param_space for its random (or grid) search."""

@@ -216,7 +216,7 @@ def train(cfg: TrainConfig, data: ImageData, on_epoch: EpochCallback | None = No
         step_rows += state.epoch_rows
         metrics = _epoch_metrics(cfg, state, run, train_loss, train_acc, seen, start, train_s)
         state.history.append(metrics)
-        if on_epoch is not None and on_epoch(metrics, state):
+        if on_epoch is not None and on_epoch(metrics, state) is True:
             break  # the caller stops here (a sweep's time budget per trial)
     if run.recorder is not None:
         run.recorder.close()
