@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 FILTER_EPS = 1e-4
@@ -55,6 +56,7 @@ def training_curves_figure(history: Sequence[Mapping[str, float]], title: str = 
                 continue  # a final fit has no validation split: no line, and no legend entry for one
             ax.plot(epochs, values, marker="o", markersize=3, label="validation" if split == "val" else "training")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if ax.get_lines():

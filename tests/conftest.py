@@ -202,6 +202,9 @@ def assert_readable(fig) -> None:
         legend = ax.get_legend()
         shown = [t.get_text() for t in legend.get_texts()] if legend else []
         assert sorted(shown) == sorted(labelled), f"legend {shown} for the lines {labelled}"
+        if legend:  # inside the figure, not pushing the plot into a corner
+            box, frame = legend.get_window_extent(canvas.get_renderer()), fig.bbox
+            assert box.x0 >= frame.x0 and box.x1 <= frame.x1, "a legend wider than the figure"
         for tick in ax.get_xticklabels():
             assert len(tick.get_text()) <= 12, f"unreadable tick label {tick.get_text()!r}"
 

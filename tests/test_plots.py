@@ -59,16 +59,19 @@ def test_figures_are_readable_at_smoke_scale():
     assert_readable(fig)
     assert all(len(ax.get_lines()) == 1 for ax in fig.axes)  # no validation line, no legend entry for one
 
-    curves = {"a": pd.Series([0.2], index=[1]), "b": pd.Series([0.3, 0.35], index=[1, 2]), "c": pd.Series([0.1], index=[1])}
+    long = "airbench_cnn width1=32 width2=128 width3=256 lr=12 weight_decay=0.011 batch_size=512 epochs=5 [0efd6338]"
+    curves = {"a": pd.Series([0.2], index=[1]), long: pd.Series([0.3, 0.35], index=[1, 2]), "c": pd.Series([0.1], index=[1])}
     fig = sweep_report.curves_figure(curves)
     assert_readable(fig)
     assert len(fig.axes[0].get_lines()) == 3
 
     table = pd.DataFrame({"val_acc": [0.2, 0.3, 0.25], "lr": [0.0012345678, 0.0067891234, 0.0031234567],
-                          "batch_size": [64, 64, 128], "act": ["relu", "mish", "relu"]})
-    fig = sweep_report.accuracy_vs_parameter_figure(table, ["lr", "batch_size", "act"], log_names=["lr"])
+                          "batch_size": [512.0, 1024.0, float("nan")], "act": ["relu", "mish", "relu"],
+                          "depth": [1, 1, 1]})  # batch_size: a family's choice, read back as floats beside a NaN
+    fig = sweep_report.accuracy_vs_parameter_figure(table, ["lr", "batch_size", "act", "depth"], log_names=["lr"])
     assert_readable(fig)
-    assert fig.axes[0].get_xscale() == "log"
+    assert fig.axes[0].get_xscale() == "log" and len(fig.axes) == 3  # depth took one value: nothing to show
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["512", "1024"]
 
     curves = pd.DataFrame({"variant": ["bn", "bn", "no_bn"], "seed": [0, 1, 0], "step": [1, 1, 1], "value": [2.0, 2.1, 2.3]})
     fig = study_report.mean_spread_figure(curves, "training loss", "epoch")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import ast
 import math
+import textwrap
 from typing import Any, Sequence
 
 import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ..tracking import SPACE_PARAM_PREFIX
 
@@ -95,7 +96,7 @@ def importances(table: pd.DataFrame, spec: dict[str, Any], metric: str = "val_ac
 
     from .space import dimension, optuna_distributions
 
-    dims = [dimension(name, value) for name, value in spec.items() if name in table.columns]
+    dims = [dimension(name, value) for name, value in spec.items() if name in _varied(table, [name])]
     dists = optuna_distributions(dims)
     done = table.dropna(subset=[metric])
     if len(done) < 4 or not dists:
@@ -135,14 +136,15 @@ def curves_figure(curves: dict[str, pd.Series], metric: str = "val_acc", highlig
     for name, series in curves.items():
         bold = name == best
         ax.plot(series.index, series.values, marker="o" if bold or len(series) == 1 else None,  # one epoch: a dot
-                linewidth=2.5 if bold else 1, alpha=1 if bold else 0.45, label=name if bold else None,
-                zorder=3 if bold else 1)
+                linewidth=2.5 if bold else 1, alpha=1 if bold else 0.45, zorder=3 if bold else 1,
+                label=textwrap.fill(f"best: {name}", 60) if bold else None)  # run names run long: wrapped
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} of {len(curves)} trials (ASHA-stopped trials end early)")
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if best:
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -154,14 +156,20 @@ def log_searched(spec: dict[str, Any]) -> list[str]:
 
 
 def _tick(value) -> str:
-    return f"{value:.3g}" if isinstance(value, (float, np.floating)) else str(value)
+    return f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def _varied(table: pd.DataFrame, names: Sequence[str]) -> list[str]:
+    """The parameters that took more than one value among the trials (the others show nothing to compare)."""
+    return [n for n in names if n in table.columns and table[n].dropna().nunique() > 1]
 
 
 def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str], metric: str = "val_acc",
                                  log_names: Sequence[str] = ()) -> Figure:
     """`metric` against each searched parameter: numbers on a numeric axis (log for the parameters in
-    `log_names`, searched on a log scale), choices as categories; tick labels rounded to 3 digits."""
-    names = [n for n in names if n in table.columns]
+    `log_names`, searched on a log scale), choices (and whole numbers taking few values) as categories; tick
+    labels rounded to 4 digits. Parameters that took a single value are left out."""
+    names = _varied(table, names)
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
     fig = Figure(figsize=(4 * cols, 3 * rows))
@@ -169,12 +177,14 @@ def accuracy_vs_parameter_figure(table: pd.DataFrame, names: list[str], metric: 
         ax = fig.add_subplot(rows, cols, i + 1)
         valid = table[[name, metric]].dropna()  # a family's parameter: only its own trials have a value
         x, y = valid[name], valid[metric]
-        if pd.api.types.is_float_dtype(x) or (pd.api.types.is_numeric_dtype(x) and x.nunique() > 4):
+        whole = pd.api.types.is_numeric_dtype(x) and bool((x == x.round()).all())  # a choice read back as floats
+        if pd.api.types.is_numeric_dtype(x) and (x.nunique() > 4 or not whole):
             ax.scatter(x, y, s=14)
             if name in log_names and (x > 0).all():
                 ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
         else:
+            x = x.astype(int) if whole else x
             order = sorted(set(x), key=lambda v: (str(type(v)), v))
             ax.scatter([order.index(v) for v in x], y, s=14)
             ax.set_xticks(range(len(order)), [_tick(v) for v in order])
