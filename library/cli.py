@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .config import ConfigError, describe, override, parse_argv
-from .data import DatasetNotFoundError
+from .data import DatasetCorruptError, DatasetNotFoundError
 from .runtime import git_sha
 from .tracking import ModelNotRegisteredError, TrackingUnavailableError, tracking_uri
 
 C = TypeVar("C")
-EXPECTED_ERRORS = (ConfigError, DatasetNotFoundError, ModelNotRegisteredError, TrackingUnavailableError)
+EXPECTED_ERRORS = (ConfigError, DatasetCorruptError, DatasetNotFoundError, ModelNotRegisteredError,
+                   TrackingUnavailableError)
 
 
 def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any] | None = None) -> C:

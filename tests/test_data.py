@@ -8,9 +8,44 @@ import torch
 from torchvision.datasets import CIFAR10
 
 from conftest import synthetic_images, write_cifar10, write_mnist
-from library.data import (DATA_ROOT_ENV, DatasetNotFoundError, ImageSet, StagedCopyWarning, data_root,
-                          load_cifar10, load_mnist, split_train_val)
+from library.data import (DATA_ROOT_ENV, DatasetCorruptError, DatasetNotFoundError, ImageSet, StagedCopyWarning,
+                          data_root, load_cifar10, load_mnist, split_train_val)
 from library.data.storage import DatasetFiles, prepare
+
+
+class _RunsACommand:
+    """A pickle payload that runs a shell command when loaded: what a tampered batch file in a shared root holds."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_booby_trapped_cifar_batch_is_refused_and_runs_nothing(tmp_path):
+    root = write_cifar10(tmp_path / "root")
+    marker = tmp_path / "pwned"
+    with open(root / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump({"data": _RunsACommand(marker), "labels": [0]}, f)
+    with pytest.raises(DatasetCorruptError, match=r"data_batch_3 is not a CIFAR-10 batch .*system.*it was not run"):
+        load_cifar10(root, val_size=10)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong_dtype"])
+def test_a_damaged_cifar_batch_says_which_file_to_replace(tmp_path, damage):
+    root = write_cifar10(tmp_path)
+    path = root / "cifar-10-batches-py" / "test_batch"
+    if damage == "truncated":  # a full disk while copying
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        with open(path, "wb") as f:
+            pickle.dump({"data": synthetic_images(4, 3, 32, seed=0)[0].reshape(4, -1).astype("float32"), "labels": [1] * 4}, f)
+    with pytest.raises(DatasetCorruptError, match="test_batch .*official archive"):
+        load_cifar10(root, val_size=10)
 
 
 def test_cifar10_is_read_from_the_real_layout(tmp_path):

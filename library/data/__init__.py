@@ -4,7 +4,7 @@ from .cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, load_cifar10
 from .images import ImageData, ImageSet, split_train_val
 from .loader import DeviceLoader
 from .mnist import MNIST_MEAN, MNIST_STD, load_mnist
-from .storage import DATA_ROOT_ENV, DatasetNotFoundError, StagedCopyWarning, data_root
+from .storage import DATA_ROOT_ENV, DatasetCorruptError, DatasetNotFoundError, StagedCopyWarning, data_root
 
 LOADERS = {"cifar10": load_cifar10, "mnist": load_mnist}
 
@@ -17,7 +17,8 @@ def load_dataset(name: str, root=None, val_size: int = 5000, seed: int = 0, down
 
 
 __all__ = [
-    "Augment", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "DATA_ROOT_ENV", "DatasetNotFoundError",
+    "Augment", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "DATA_ROOT_ENV", "DatasetCorruptError",
+    "DatasetNotFoundError",
     "DeviceLoader", "ImageData", "ImageSet", "LOADERS", "MNIST_MEAN", "MNIST_STD", "StagedCopyWarning", "cutout",
     "data_root", "load_cifar10", "load_dataset", "load_mnist", "random_crop", "random_flip", "random_resized_crop",
     "split_train_val",

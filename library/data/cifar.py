@@ -1,4 +1,6 @@
-"""CIFAR-10 through torchvision's dataset class, into uint8 tensors."""
+"""CIFAR-10 into uint8 tensors: torchvision downloads and names the files; they are read here, by an unpickler
+that can only build what the format holds (a dict of lists, strings and one uint8 numpy array), so a tampered
+batch file in a shared data root raises `DatasetCorruptError` instead of running code."""
 from __future__ import annotations
 
 import pickle
@@ -9,7 +11,7 @@ import torch
 from torchvision.datasets import CIFAR10
 
 from .images import ImageData, ImageSet, split_train_val
-from .storage import DatasetFiles, data_root, prepare
+from .storage import DatasetCorruptError, DatasetFiles, data_root, prepare
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Per-channel statistics of the 50k training images in [0, 1]; the models normalise with them internally.
@@ -17,17 +19,34 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-class _StagedCIFAR10(CIFAR10):
-    """torchvision's CIFAR-10 reader for a copy in the standard layout whose md5 sums differ from the official
-    archive. `prepare()` has already compared the checksums (and warned); torchvision would refuse the files."""
+# the only globals a CIFAR-10 batch refers to: numpy's array reconstruction (numpy 1 and 2 module paths; the
+# official archive was written by Python 2's numpy), and bytes decoding of a Python 3 protocol-2 pickle
+_ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
-    def _check_integrity(self) -> bool:
-        return True
 
-    def _load_meta(self) -> None:
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which a CIFAR-10 batch never does")
+        return super().find_class(module, name)
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """One CIFAR-10 batch file: its images (N×3072 uint8, channel-major) and labels, read without running code."""
+    try:
+        with open(path, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="latin1").load()
+        data, labels = batch["data"], [int(y) for y in batch["labels"]]
+        ok = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
+        ok = ok and len(labels) == len(data) and all(0 <= y < len(CIFAR10_CLASSES) for y in labels)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DatasetCorruptError(f"{path} is not a CIFAR-10 batch ({type(e).__name__}: {e}); it was not run. "
+                                  f"Replace it with the file from the official archive, {CIFAR10.url}") from e
+    if not ok:
+        raise DatasetCorruptError(f"{path} does not hold CIFAR-10 images (a uint8 N×3072 'data' and N labels in "
+                                  f"0..9); replace it with the file from the official archive, {CIFAR10.url}")
+    return data, labels
 
 
 def cifar10_files() -> DatasetFiles:
@@ -44,9 +63,12 @@ def cifar10_files() -> DatasetFiles:
     )
 
 
-def _to_set(ds: CIFAR10) -> ImageSet:
-    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))  # N×H×W×C -> N×C×H×W
-    return ImageSet(images, torch.as_tensor(ds.targets, dtype=torch.long))
+def _read_split(root: Path, train: bool) -> ImageSet:
+    files = CIFAR10.train_list if train else CIFAR10.test_list
+    batches = [read_batch(root / CIFAR10.base_folder / name) for name, _ in files]
+    images = np.concatenate([data for data, _ in batches]).reshape(-1, 3, 32, 32)  # stored channel-major
+    labels = [y for _, batch_labels in batches for y in batch_labels]
+    return ImageSet(torch.from_numpy(images), torch.as_tensor(labels, dtype=torch.long))
 
 
 def load_cifar10(root: str | Path | None = None, val_size: int = 5000, seed: int = 0, download: bool = True) -> ImageData:
@@ -54,8 +76,6 @@ def load_cifar10(root: str | Path | None = None, val_size: int = 5000, seed: int
     10k test images. Downloads once into the data root (see `storage.data_root`) if absent."""
     root = data_root(root)
     verified = prepare(cifar10_files(), root, download=download)
-    reader = CIFAR10 if verified else _StagedCIFAR10
-    full = _to_set(reader(str(root), train=True))
-    test = _to_set(reader(str(root), train=False))
+    full, test = _read_split(root, train=True), _read_split(root, train=False)
     train, val = split_train_val(full, val_size, seed)
     return ImageData("cifar10", train, val, test, CIFAR10_CLASSES, verified=verified)

@@ -28,6 +28,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """The data set is neither on disk nor downloadable; the message says which files to put where."""
 
 
+class DatasetCorruptError(ValueError):
+    """A data file is not what its format allows (truncated, tampered, another file); the message says which."""
+
+
 _warned: set[tuple[str, Path]] = set()  # (data set, root) already warned about as a staged copy
 
 
