@@ -12,8 +12,8 @@ two families by default (improved_cnn, and airbench_cnn with airbench94's recipe
 Trials tune on the validation split only. When the sweep ends, the best configuration is retrained on the
 whole training set and evaluated once on the test set. MLflow gets one parent run per sweep (the space, the
 budget, the leaderboard, importances, learning curves, the best config, its test accuracy and weights) and one
-child run per trial. Interrupted (Ctrl-C, a lost driver)? Run the same command again: the sweep resumes from
-its storage path and keeps logging into the same runs.
+child run per trial. Interrupted (Ctrl-C or SIGTERM, a lost driver)? Run the same command again: the sweep
+resumes from its storage path and keeps logging into the same runs.
 """
 from __future__ import annotations
 
@@ -163,6 +163,7 @@ def conclude(parent: str, space: SearchSpace | FamilySpace, cfg: JobConfig, erro
     if f"best_{cfg.metric}" not in logged:
         client.log_metric(parent, f"best_{cfg.metric}", float(best[cfg.metric]))
     client.log_text(parent, f"{best_cfg.model}: {best_cfg.model_kw}\n{best_cfg}\n", "best_config.txt")
+    client.log_dict(parent, dataclasses.asdict(best_cfg), "best_config.json")  # TrainConfig(**it) rebuilds it
     print(f"\n{len(table)} trials ({errors} errored); best {best['trial']}: {cfg.metric} {best[cfg.metric]:.4f}")
     if cfg.retrain and "test_acc" not in logged:  # the test set is evaluated once, ever
         test = log_final(parent, best_cfg, cfg)
