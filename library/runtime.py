@@ -1,5 +1,6 @@
-"""Where code runs: the device, seeding, the process settings CPU work needs, the code version, and Ray at the
-edges of a job (connecting a driver, a task's resources and threads). Ray is imported only when used."""
+"""Where code runs: the device, seeding, the process settings CPU work needs, the code version, reading tensor
+files without running code, and Ray at the edges of a job (connecting a driver, a task's resources and
+threads). Ray is imported only when used."""
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,12 @@ import functools
 import logging
 import os
 import platform
+import pickle
 import random
+import re
+import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -97,6 +102,14 @@ def ray_init(address: str = "") -> None:
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
                  runtime_env={"env_vars": {GIT_SHA_ENV: git_sha()}})
+        stop_on_sigterm()  # again: Ray's core worker installs its own SIGTERM handler, which aborts the driver
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (`ray job stop`, a scheduler, `kill`) stops a job as Ctrl-C does: re-sent as SIGINT, it reaches
+    Tune's own handler while trials run (state saved, runs marked KILLED, exit 130), else KeyboardInterrupt."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
 def cluster_has_gpu() -> bool:
@@ -127,3 +140,19 @@ def remote_task(fn: Callable[..., Any], num_cpus: float = 1.0, num_gpus: float =
         return fn(*args, **kwargs)
 
     return ray.remote(sized).options(num_cpus=num_cpus, num_gpus=num_gpus if cluster_has_gpu() else 0.0)
+
+
+def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers, never code. Raises ValueError saying
+    why a file is refused: the code it would run (a tampered file; never loaded here, whatever the source), or
+    that it is cut short or not a torch file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's text advises weights_only=False: not for files we read back
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it refers to {found.group(1)}" if found else "a pickle torch's restricted loader cannot read"
+        raise ValueError(f"{path} holds more than tensors ({what}); refused, nothing in it was run") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path} is not a readable torch file (cut short, or another format): "
+                         f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from e
+

@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from .config import ConfigError, flatten
-from .runtime import git_sha
+from .runtime import git_sha, load_tensors
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 PACKAGES = ("torch", "torchvision", "timm", "ray", "mlflow", "optuna", "numpy", "pandas")
@@ -243,7 +243,7 @@ def load_model(run_id: str, map_location: str | torch.device = "cpu") -> nn.Modu
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT_DIR, dst_path=tmp))
         spec = json.loads((path / "model.json").read_text())
-        state = torch.load(path / "model.pt", map_location=map_location, weights_only=True)
+        state = load_tensors(path / "model.pt", map_location)
     model = create_model(spec["model"], **spec["model_kw"])
     model.load_state_dict(state)
     return model

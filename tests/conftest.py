@@ -6,9 +6,13 @@ import gzip
 import importlib.util
 import os
 import pickle
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -132,6 +136,39 @@ def job_env(store: Path, data_root: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     return env | ({"CV_DATA_ROOT": str(data_root)} if data_root is not None else {})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(store: Path, port: int, command: str = "server") -> subprocess.Popen:
+    """`mlflow server` (or `mlflow ui`) on loopback over `store`/mlflow.db, in its own process group, once it
+    answers /health; stop it with `stop_server`."""
+    args = ["--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1"]
+    if command == "server":
+        args += ["--artifacts-destination", str(store / "mlartifacts")]
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), command, *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return server
+        except OSError:
+            pass
+        assert server.poll() is None and time.time() < deadline, f"mlflow {command} did not come up"
+        time.sleep(0.5)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
 
 
 def tune_cmd(store: Path, name: str, *args: str) -> list[str]:

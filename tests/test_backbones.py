@@ -93,8 +93,15 @@ class Payload:  # anything that is not a tensor: weights_only=True refuses to un
 def test_weights_that_need_unpickling_code_are_refused(tmp_path):
     with open(tmp_path / "evil.pth", "wb") as f:
         pickle.dump({"conv1.weight": Payload()}, f)
-    with pytest.raises(BackboneWeightsError, match="cannot be read as plain weights"):
+    with pytest.raises(BackboneWeightsError, match=r"holds more than tensors .*; refused, nothing in it was run") as e:
         create_backbone("resnet18", weights=str(tmp_path / "evil.pth"))
+    assert "weights_only" not in str(e.value)  # never torch's advice to load it anyway
+    torch.save({"conv1.weight": Payload()}, tmp_path / "code.pth")  # torch's own format, a global inside
+    with pytest.raises(BackboneWeightsError, match=r"it refers to .*Payload\); refused"):
+        create_backbone("resnet18", weights=str(tmp_path / "code.pth"))
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(BackboneWeightsError, match="not a readable torch file"):
+        create_backbone("resnet18", weights=str(tmp_path / "cut.pth"))
 
 
 def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
@@ -114,3 +121,10 @@ def test_any_timm_family_gives_pooled_features_of_num_features(name):
     with torch.no_grad():
         features = backbone.model(x)
     assert features.shape == (2, backbone.num_features)
+
+
+def test_an_unknown_backbone_stops_the_job_config_before_any_run_is_opened():
+    from library.pretrained.features import FeatureOptions
+
+    with pytest.raises(ConfigError, match="unknown timm model 'resnet_nonexistent'; similar: .*resnet"):
+        FeatureOptions(backbones=("resnet_nonexistent@none",))

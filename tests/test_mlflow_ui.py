@@ -2,18 +2,13 @@
 Debian Chromium driven by Playwright. The experiment page lists the sweep's parent run, ⊞ reveals its trials by
 name, and the parent's leaderboard and a figure render from its artifacts. Skips where Chromium is absent
 (`.ci/run` installs it)."""
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
+
+from conftest import free_port, start_mlflow_server, stop_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # as root, in a sandbox with no network: the flags this machine's notes give for a headless Chromium
@@ -23,36 +18,14 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(tune_smoke):
     """`mlflow ui` as the README starts it, over the smoke sweep's store; its base URL."""
     store, _ = tune_smoke
-    port = _free_port()
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
-                               f"sqlite:///{store / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None and time.time() < deadline, "mlflow ui did not come up"
-        time.sleep(0.5)
-    yield base, store
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    port = free_port()
+    server = start_mlflow_server(store, port, command="ui")
+    yield f"http://127.0.0.1:{port}", store
+    stop_server(server)
 
 
 @pytest.fixture(scope="module")

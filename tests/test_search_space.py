@@ -1,4 +1,5 @@
 """The search space and the Tune adapter's pieces that need no running Ray."""
+import json
 import math
 import re
 
@@ -11,7 +12,8 @@ from conftest import staged_copy_ok
 from library.config import ConfigError
 from library.search.space import IMPROVED_CNN_SPACE, SearchSpace, dimension, optuna_distributions
 from library.train.recipe import TrainConfig
-from library.search.sweep import CheckpointError, SweepOptions, _load_checkpoint, expected_trials
+from library.search.checkpoints import restore_state
+from library.search.sweep import SweepOptions, expected_trials
 from library.train.fit import merge_train_val
 
 BASE = TrainConfig(model="improved_cnn")
@@ -86,12 +88,21 @@ def test_sweep_options_validation_and_storage(monkeypatch, tmp_path):
     assert SweepOptions(name="x", search_seed=1).experiment_path() != path
 
 
-def test_a_corrupted_checkpoint_is_reported_with_what_to_do(tmp_path):
-    (tmp_path / "train_state.pt").write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="cannot be read.*Delete that checkpoint folder"):
-        _load_checkpoint(tune.Checkpoint.from_directory(str(tmp_path)))
-    torch.save({"epoch": 3}, tmp_path / "train_state.pt")
-    assert _load_checkpoint(tune.Checkpoint.from_directory(str(tmp_path))) == {"epoch": 3}
+def test_an_unreadable_checkpoint_falls_back_to_the_one_before_then_to_scratch(tmp_path, capsys):
+    trial = tmp_path / "trial"
+    for epoch in (1, 2, 3):  # CheckpointConfig(num_to_keep=2) leaves the last two; an older one is harmless
+        (trial / f"checkpoint_00000{epoch}").mkdir(parents=True)
+        torch.save({"epoch": epoch}, trial / f"checkpoint_00000{epoch}" / "train_state.pt")
+    latest = tune.Checkpoint.from_directory(str(trial / "checkpoint_000003"))
+    assert restore_state(latest) == {"epoch": 3}
+    (trial / "checkpoint_000003" / "train_state.pt").write_bytes(b"not a torch file")  # a full disk mid-write
+    assert restore_state(latest) == {"epoch": 2}
+    assert "checkpoint_000003 cannot be read" in capsys.readouterr().out
+    for epoch in (1, 2):
+        (trial / f"checkpoint_00000{epoch}" / "train_state.pt").unlink()
+    assert restore_state(latest) is None
+    assert "restarts from its first epoch" in capsys.readouterr().out
+    assert restore_state(None) is None
 
 
 def test_the_final_fit_trains_on_train_and_validation_together(cifar_root):
@@ -165,3 +176,23 @@ def test_a_one_family_space_is_a_plain_space_any_searcher_takes():
     assert isinstance(space, SearchSpace) and space.base.model == "airbench_cnn"
     assert space.apply({"width1": 16, "epochs": 2}).model_kw == {"width1": 16}
     validate_sweep(SweepOptions(search="random", scheduler="fifo"), space)
+
+
+def test_a_truncated_tune_state_stops_the_resume_with_what_to_do(tmp_path):
+    from library.search.checkpoints import SweepStateError, check_saved_state
+
+    check_saved_state(str(tmp_path / "absent"))  # a new sweep: nothing to check
+    state = tmp_path / "experiment_state-2026-11-30_10-00-00.json"
+    state.write_text(json.dumps({"trial_data": [], "runner_data": {}}))
+    check_saved_state(str(tmp_path))
+    state.write_text(state.read_text()[:20])  # a full disk mid-write
+    with pytest.raises(SweepStateError, match="unreadable.*full disk.*move .* aside"):
+        check_saved_state(str(tmp_path))
+
+
+def test_a_nearly_full_disk_is_refused_before_the_sweep_starts(tmp_path):
+    from library.search.checkpoints import SweepStateError, check_free_space
+
+    check_free_space(str(tmp_path / "not" / "yet" / "made"))
+    with pytest.raises(SweepStateError, match="MiB free where the sweep keeps its state.*--storage_path"):
+        check_free_space(str(tmp_path), need=2**62)

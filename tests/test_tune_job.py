@@ -55,7 +55,8 @@ def test_smoke_sweep_logs_a_parent_and_one_child_per_trial(smoke):
     assert parent.data.params["space.kernel"] == "[3, 5]" and "best.lr" in parent.data.params
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.json", "leaderboard.csv", "learning_curves.png", "parameter_importance.png",
-            "accuracy_vs_parameters.png", "final_training_curves.png", "best_config.txt", "model"} <= artifacts
+            "accuracy_vs_parameters.png", "final_training_curves.png", "best_config.txt", "best_config.json",
+            "model"} <= artifacts
     assert "test accuracy" in out.stdout
 
 
@@ -127,7 +128,7 @@ def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root, m
     while not list((tmp_path / "ray").glob("resume-*/trainable_*/checkpoint_000001")):  # a trial mid-way
         assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be interrupted"
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)  # as `ray job stop` does: handled as Ctrl-C (SIGINT) is
     first_output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, first_output[-3000:]
     parents, interrupted = runs_of(tmp_path, "resume")

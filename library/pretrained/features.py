@@ -200,6 +200,8 @@ class FeatureOptions(Config):
         super().__post_init__()
         if not self.backbones:
             raise ConfigError("backbones is empty")
+        for text in self.backbones:
+            BackboneSpec.parse(text)  # an unknown name stops here, before a run is opened
         if self.dataset == "folder" and not self.folder:
             raise ConfigError("dataset=folder needs --folder=/path/to/<class>/<image> files")
         if self.shards < 1 or self.batch_size < 1:

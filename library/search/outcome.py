@@ -12,21 +12,27 @@ from typing import Any, Callable
 import mlflow
 
 COMPLETE_TAG = "complete"  # "true" on a parent run once everything after its trials is recorded
+ORPHAN_TAG = "orphaned"  # "true" on a child run whose trial Tune's saved state does not have (see trial_runs)
 
 
 @dataclass
 class SweepOutcome:
     parent_run_id: str
-    results: Any  # ray.tune.ResultGrid
+    results: Any  # ray.tune.ResultGrid; None when the sweep was complete before this run (nothing ran)
     resumed: bool
     finished: bool  # False: stopped (Ctrl-C / SIGINT) with trials to run; the same command resumes it
 
 
-def children(parent_run_id: str) -> list:
-    """The child runs of a parent run (a sweep's trials)."""
+def children(parent_run_id: str, orphans: bool = False) -> list:
+    """The child runs of a parent run (a sweep's trials), without the orphaned ones unless `orphans`."""
     parent = mlflow.get_run(parent_run_id)
-    return mlflow.MlflowClient().search_runs(
+    runs = mlflow.MlflowClient().search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
+    return [r for r in runs if orphans or r.data.tags.get(ORPHAN_TAG) != "true"]
+
+
+def is_complete(parent_run_id: str) -> bool:
+    return mlflow.MlflowClient().get_run(parent_run_id).data.tags.get(COMPLETE_TAG) == "true"
 
 
 def all_trials_done(parent_run_id: str, expected: int) -> bool:
@@ -59,7 +65,7 @@ def conclude_once(outcome: SweepOutcome, kind: str, state_path: str, conclude: C
         raise SystemExit(130)
     client = mlflow.MlflowClient()
     parent = outcome.parent_run_id
-    concluded_before = client.get_run(parent).data.tags.get(COMPLETE_TAG) == "true"
+    concluded_before = is_complete(parent)
     if not concluded_before:
         conclude()
         client.set_tag(parent, COMPLETE_TAG, "true")

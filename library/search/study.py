@@ -25,7 +25,7 @@ from ..data import ImageData
 from ..data.options import DataOptions, load_data
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure
-from ..runtime import ray_init
+from ..runtime import load_tensors, ray_init
 from ..train.recipe import TrainConfig, model_options
 from . import study_report
 from .outcome import SweepOutcome, conclude_once
@@ -137,7 +137,7 @@ def _trial_models(outcome: SweepOutcome, space: StudySpace, data: ImageData) -> 
             continue
         cfg = space.apply(result.config)
         with result.checkpoint.as_directory() as directory:
-            state = torch.load(f"{directory}/{CHECKPOINT_FILE}", map_location="cpu", weights_only=True)
+            state = load_tensors(f"{directory}/{CHECKPOINT_FILE}")
         model = create_model(cfg.model, **model_options(cfg, data))
         model.load_state_dict(state["model"])
         models[result.metrics["trial_id"]] = model.eval()

@@ -25,10 +25,10 @@ from ..data import ImageData
 from ..runtime import cluster_has_gpu, use_assigned_cpus
 from ..train.evaluation import evaluate
 from ..train.loop import train
-from .outcome import SweepOutcome, all_trials_done
+from .checkpoints import CHECKPOINT_FILE, check_free_space, check_saved_state, restore_state
+from .outcome import SweepOutcome, all_trials_done, is_complete
 from .space import SearchSpace
 
-CHECKPOINT_FILE = "train_state.pt"
 STORAGE_ENV = "CV_STORAGE_PATH"
 MODE = "max"  # every metric a sweep can rank by is an accuracy
 UI_HINT = ("\n\n**Reading it in the MLflow UI** (the *Model training* view): in the experiment's Runs table, ⊞ beside "
@@ -37,10 +37,6 @@ UI_HINT = ("\n\n**Reading it in the MLflow UI** (the *Model training* view): in 
 # how and where a sweep runs, not what its trials do: a re-run that changes only these continues the same sweep
 RUN_SETTINGS = ("storage_path", "resume", "ray_address", "cpus_per_trial", "gpus_per_trial", "time_budget_s",
                 "data_root", "retrain", "final_epochs", "final_train_size", "smoke_test")
-
-
-class CheckpointError(RuntimeError):
-    """A trial checkpoint exists but cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -98,20 +94,6 @@ class SweepOptions(Config):
         return f"{root.rstrip('/')}/{self.name}-{digest(self, RUN_SETTINGS)}"
 
 
-def _load_checkpoint(checkpoint) -> dict[str, Any] | None:
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        path = Path(directory) / CHECKPOINT_FILE
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated file, unpickling refused, missing file
-            cause = (str(e).splitlines() or [""])[0]  # torch's full text suggests weights_only=False: not for us
-            raise CheckpointError(f"trial checkpoint {checkpoint.path} cannot be read ({type(e).__name__}: {cause}). "
-                                  "Delete that checkpoint folder to restart the trial from its previous one, "
-                                  "or from scratch.") from e
-
-
 def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test: bool = False,
               time_budget_s: float = 0.0) -> None:
     """One trial: the sampled `config` applied to the space's base TrainConfig, trained with a report and a
@@ -140,7 +122,7 @@ def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test:
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
         return out_of_time
 
-    train(cfg, data, on_epoch=on_epoch, resume=_load_checkpoint(tune.get_checkpoint()))
+    train(cfg, data, on_epoch=on_epoch, resume=restore_state(tune.get_checkpoint()))
 
 
 def _searcher(opts: SweepOptions, space: SearchSpace):
@@ -263,6 +245,8 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
     from .progress import Progress, quiet_tune
     from .trial_runs import MLflowTrialRuns
 
+    check_free_space(opts.experiment_path())  # before any run is opened: a refusal leaves nothing RUNNING
+    check_saved_state(opts.experiment_path())
     parent, created = tracking.find_or_create_run(
         experiment, {"sweep_id": sweep_id(opts)}, run_name=opts.name,
         tags={"sweep_path": opts.experiment_path(), "sweep_kind": "study" if test_each_trial else "sweep",
@@ -273,8 +257,10 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
         tracking.log_config({k: repr(v) for k, v in space.spec.items()}, run_id=parent, prefix="space.")  # tuples stay tuples
         if parent_params:
             tracking.log_config(parent_params, run_id=parent)
+    elif is_complete(parent):  # concluded: a re-run neither resumes nor retries any of its trials
+        return SweepOutcome(parent, None, resumed=True, finished=True)
     # a restored Tuner keeps its own copies of these: they hold nothing that goes stale
-    callbacks = [MLflowTrialRuns(experiment, sweep_id(opts), space),
+    callbacks = [MLflowTrialRuns(experiment, sweep_id(opts), space, opts.experiment_path()),
                  Progress(opts.metric, expected_trials(opts, space), space.run_name)]
     tuner, resumed = build_tuner(opts, space, data, callbacks, test=test_each_trial)
     quiet_tune()

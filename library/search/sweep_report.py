@@ -17,13 +17,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ..tracking import SPACE_PARAM_PREFIX
+from .outcome import ORPHAN_TAG
 
 
 def child_runs(parent_run_id: str) -> pd.DataFrame:
-    """The trial runs under a sweep's parent run, as `mlflow.search_runs` returns them."""
+    """The trial runs under a sweep's parent run, as `mlflow.search_runs` returns them, without orphaned runs
+    (trials a killed driver started that Tune's saved state does not have: `trial_runs.MLflowTrialRuns`)."""
     parent = mlflow.get_run(parent_run_id)
-    return mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    runs = mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               output_format="pandas")
+    column = f"tags.{ORPHAN_TAG}"
+    return runs[runs[column] != "true"].reset_index(drop=True) if column in runs else runs
 
 
 def flat_spec(spec: dict[str, Any]) -> dict[str, Any]:
