@@ -56,3 +56,37 @@ def test_retries_are_spaced_and_an_outage_past_the_limit_stops_with_a_clear_erro
     with pytest.raises(TrackingUnavailableError, match="has not answered.*2 write.*run the same command again"):
         writes.drain()
     assert (tmp_path / PENDING_FILE).exists()
+
+
+def test_a_refused_write_is_raised_at_once_not_mistaken_for_an_outage(tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    from library.search.pending import is_outage
+
+    def refuse(record):
+        raise MlflowException("Invalid value for parameter 'x'", error_code="INVALID_PARAMETER_VALUE")
+
+    with pytest.raises(MlflowException, match="Invalid value"):
+        PendingWrites(refuse, str(tmp_path)).submit({"n": 1})
+    assert is_outage(MlflowException("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/get failed with "
+                                     "exception HTTPConnectionPool(...): Max retries exceeded"))
+    assert is_outage(requests.exceptions.ConnectTimeout())
+
+
+def test_an_outage_while_a_sweep_concludes_ends_in_one_clear_line_and_a_rerun_redoes_it(mlflow_store):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from library.search.outcome import SweepOutcome, conclude_once, is_complete
+
+    parent = mlflow.MlflowClient().create_run("0").info.run_id
+
+    def server_gone():
+        raise MlflowException("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with "
+                              "exception Max retries exceeded")
+
+    outcome = SweepOutcome(parent, None, resumed=False, finished=True)
+    with pytest.raises(TrackingUnavailableError, match="while the sweep concluded.*run the same command again"):
+        conclude_once(outcome, "sweep", "/state", server_gone)
+    assert not is_complete(parent)
+    assert conclude_once(outcome, "sweep", "/state", lambda: None) and is_complete(parent)

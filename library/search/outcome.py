@@ -11,6 +11,9 @@ from typing import Any, Callable
 
 import mlflow
 
+from ..tracking import TrackingUnavailableError
+from .pending import is_outage
+
 COMPLETE_TAG = "complete"  # "true" on a parent run once everything after its trials is recorded
 ORPHAN_TAG = "orphaned"  # "true" on a child run whose trial Tune's saved state does not have (see trial_runs)
 
@@ -67,7 +70,14 @@ def conclude_once(outcome: SweepOutcome, kind: str, state_path: str, conclude: C
     parent = outcome.parent_run_id
     concluded_before = is_complete(parent)
     if not concluded_before:
-        conclude()
+        try:
+            conclude()
+        except Exception as e:
+            if is_outage(e):  # the trials are recorded; what follows them is redone by the next run
+                raise TrackingUnavailableError(
+                    f"MLflow stopped answering while the {kind} concluded ({str(e)[:200]}). Its trials are recorded; "
+                    "run the same command again once the server answers, and the conclusion is redone.") from e
+            raise
         client.set_tag(parent, COMPLETE_TAG, "true")
     client.set_terminated(parent, "FINISHED")
     return not concluded_before

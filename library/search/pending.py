@@ -25,7 +25,14 @@ PENDING_FILE = "mlflow_pending.json"
 # quick ones here, the rest in `retry_s`; a user's own settings of these variables win
 QUICK_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-OUTAGE_ERRORS = (MlflowException, requests.exceptions.RequestException, ConnectionError, TimeoutError)
+
+
+def is_outage(error: BaseException) -> bool:
+    """The tracking server did not answer (refused, timed out, 5xx), as opposed to refusing a write (4xx): MLflow
+    reports the first kind as "API request to <url> failed ...", the second with an error code of its own."""
+    if isinstance(error, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(error, MlflowException) and str(error).startswith("API request to")
 
 
 class PendingWrites:
@@ -77,7 +84,9 @@ class PendingWrites:
         while self.queue:
             try:
                 self.apply(self.queue[0])
-            except OUTAGE_ERRORS as e:
+            except Exception as e:  # an outage waits; anything else is a bug to see at once
+                if not is_outage(e):
+                    raise
                 self._outage(e, now)
                 return False
             self.queue.popleft()

@@ -1,0 +1,102 @@
+"""A two-node Ray cluster on one machine, for real: a head and a second `ray start` node, each with its own temp
+dir, loopback only. A sweep submitted against it spreads its trials over both nodes, and survives the second
+node's raylet being killed mid-trial: Tune retries the lost trial from its checkpoint on the head, and MLflow
+ends with one finished child run per trial."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+
+from conftest import REPO, free_port, job_env
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _start_node(env: dict, *args: str) -> tuple[subprocess.Popen, str]:
+    """`ray start --block` with its own temp dir (short: Ray's socket paths must fit in 107 bytes)."""
+    temp_dir = tempfile.mkdtemp(prefix="rayn", dir="/tmp")
+    proc = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                             f"--temp-dir={temp_dir}", "--disable-usage-stats", *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return proc, temp_dir
+
+
+def _alive_nodes(address: str, env: dict) -> int:
+    probe = ("import ray; ray.init(address='{}', logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))").format(address)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+
+
+@pytest.fixture
+def two_nodes():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    port, dashboard = free_port(), free_port()
+    head, head_tmp = _start_node(env, "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+                                 f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+                                 f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}")
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while _alive_nodes(address, env) < 1:
+        assert head.poll() is None and time.time() < deadline, "the head did not come up"
+        time.sleep(2)
+    worker, worker_tmp = _start_node(env, f"--address={address}", f"--dashboard-agent-listen-port={free_port()}",
+                                     f"--metrics-export-port={free_port()}")
+    while _alive_nodes(address, env) < 2:
+        assert worker.poll() is None and time.time() < deadline, "the second node did not join"
+        time.sleep(2)
+    yield address, f"http://127.0.0.1:{dashboard}", env, worker
+    for proc in (worker, head):  # `ray start --block` stops its node's processes when terminated
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+    for temp_dir in (worker_tmp, head_tmp):
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _raylet_of(node: subprocess.Popen) -> psutil.Process:
+    return next(p for p in psutil.Process(node.pid).children(recursive=True) if p.name() == "raylet")
+
+
+@pytest.mark.timeout(900)
+def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_path, cifar_root):
+    address, dashboard, env, worker = two_nodes
+    args = ["--smoke-test", "--name=twonodes", f"--storage_path={tmp_path / 'ray'}", f"--ray_address={address}",
+            "--num_samples=4", "--max_concurrent=2", "--scheduler=fifo", "--space.epochs=[6]", "--retrain=false"]
+    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "tune_cnn.py"), *args], cwd=tmp_path,
+                           env=job_env(tmp_path, cifar_root) | {"RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    raylet = _raylet_of(worker)
+    deadline = time.time() + 300
+    while not [p for p in raylet.children(recursive=True) if "trainable" in " ".join(p.cmdline())
+               or "ImplicitFunc" in " ".join(p.cmdline())]:
+        assert job.poll() is None and time.time() < deadline, "no trial ever ran on the second node"
+        time.sleep(0.5)
+    time.sleep(3)  # mid-trial: an epoch or two done, checkpointed to the shared storage path
+    raylet.kill()
+    out = job.communicate(timeout=600)[0]
+    assert job.returncode == 0, out[-4000:]
+
+    from ray.util.state import list_actors
+
+    nodes = {a.node_id for a in list_actors(address=dashboard, filters=[("class_name", "=", "ImplicitFunc")],
+                                            limit=100, raise_on_missing_output=False)}
+    assert len(nodes) == 2, nodes  # trials ran on both nodes
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("twonodes")
+    found = mlflow.MlflowClient().search_runs([exp.experiment_id])
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4 and len({c.data.tags["trial_id"] for c in children}) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:  # the retried trial continued from its checkpoint: every epoch logged once
+        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(child.info.run_id, "val_acc")]
+        assert sorted(steps) == [1, 2, 3, 4, 5, 6], steps
