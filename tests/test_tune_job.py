@@ -125,7 +125,7 @@ def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root, m
     proc = subprocess.Popen(tune_cmd(tmp_path, "resume", *args), cwd=tmp_path, env=job_env(tmp_path, cifar_root),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not list((tmp_path / "ray").glob("resume-*/trainable_*/checkpoint_000001")):  # a trial mid-way
+    while not list((tmp_path / "ray").glob("resume-*/trainable_*/checkpoint_000000")):  # a trial mid-way
         assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be interrupted"
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)  # as `ray job stop` does: handled as Ctrl-C (SIGINT) is
@@ -135,7 +135,9 @@ def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root, m
     assert 1 <= len(interrupted) < 4 or any(c.info.status == "KILLED" for c in interrupted)
     # nothing left RUNNING without a process behind it: the interrupted runs say so
     assert all(r.info.status != "RUNNING" for r in parents + interrupted)
-    assert parents[0].info.status == "KILLED" and any(c.info.status == "KILLED" for c in interrupted)
+    assert parents[0].info.status == "KILLED"
+    if not all(c.info.status == "FINISHED" for c in interrupted):  # (a trial may end before the stop lands)
+        assert any(c.info.status == "KILLED" for c in interrupted)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("SWEEP_EXPERIMENT", raising=False)
     _, text = execute_notebook("sweep_report.ipynb")  # says so, rather than showing a table of NaN
