@@ -8,6 +8,7 @@
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Callable
 import mlflow
 import pytest
 
-from conftest import free_port, job_env, start_mlflow_server, stop_server, tune_cmd
+from conftest import REPO, free_port, job_env, start_mlflow_server, stop_server, tune_cmd
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -26,9 +27,10 @@ ARGS = ("--num_samples=4", "--max_concurrent=2", "--scheduler=fifo", "--space.ep
 class Driver:
     """A job subprocess whose output is collected as it comes (so a phase can be seen in it)."""
 
-    def __init__(self, store: Path, data_root: Path, name: str = "faults", args=ARGS, **env_vars: str):
+    def __init__(self, store: Path, data_root: Path, name: str = "faults", args=ARGS, cmd: list[str] | None = None,
+                 **env_vars: str):
         env = job_env(store, data_root) | {"PYTHONUNBUFFERED": "1"} | env_vars  # lines as printed, through the pipe
-        self.proc = subprocess.Popen(tune_cmd(store, name, *args), cwd=store, env=env,
+        self.proc = subprocess.Popen(cmd or tune_cmd(store, name, *args), cwd=store, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []
         self.reader = threading.Thread(target=lambda: self.output.extend(self.proc.stdout), daemon=True)
@@ -53,9 +55,9 @@ class Driver:
         return False
 
 
-def runs(store: Path) -> tuple[list, list]:
+def runs(store: Path, experiment: str = "faults") -> tuple[list, list]:
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    exp = mlflow.get_experiment_by_name("faults")
+    exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return [], []
     found = mlflow.MlflowClient().search_runs([exp.experiment_id], max_results=1000)
@@ -67,14 +69,14 @@ def trials_starting(store: Path) -> Callable[[Driver], bool]:
     return lambda d: len(runs(store)[1]) > 0
 
 
-def mid_trial(store: Path) -> Callable[[Driver], bool]:
+def mid_trial(store: Path, experiment: str = "faults") -> Callable[[Driver], bool]:
     start_ms = time.time() * 1000
 
     def phase(d: Driver) -> bool:  # a trial has reported (and checkpointed) an epoch in this run, and goes on
         client = mlflow.MlflowClient()
         return any(c.info.status == "RUNNING" and any(m.timestamp > start_ms for m in
                                                       client.get_metric_history(c.info.run_id, "val_acc"))
-                   for c in runs(store)[1])
+                   for c in runs(store, experiment)[1])
     return phase
 
 
@@ -95,10 +97,10 @@ def after_test_metric(store: Path) -> Callable[[Driver], bool]:
     return phase
 
 
-def leave_an_orphan(store: Path) -> None:
+def leave_an_orphan(store: Path, experiment: str = "faults") -> None:
     """What a driver killed between creating a trial's run and Tune's next state snapshot leaves (timing that a
     kill hits only by luck): a RUNNING child run of a trial id Tune's saved state does not have."""
-    [parent], _ = runs(store)
+    [parent], _ = runs(store, experiment)
     client = mlflow.MlflowClient()
     client.create_run(parent.info.experiment_id, run_name="w8 lr=0.001 [deadbeef]",
                       tags={"trial_id": "deadbeef", "sweep_parent": parent.info.run_id,
@@ -185,3 +187,24 @@ def test_a_tracking_server_outage_mid_sweep_delays_writes_and_loses_none(tmp_pat
         if driver.proc.poll() is None:
             driver.proc.kill()
         stop_server(server)
+
+
+@pytest.mark.timeout(900)
+def test_a_study_killed_mid_trial_finishes_with_one_run_per_trial(tmp_path, cifar_root):
+    cmd = [sys.executable, str(REPO / "jobs" / "bn_study.py"), "--smoke-test", "--name=study_faults",
+           f"--storage_path={tmp_path / 'ray'}", "--ray_address=local"]
+    driver = Driver(tmp_path, cifar_root, cmd=cmd)
+    assert driver.kill_when(mid_trial(tmp_path, "study_faults")), driver.text[-3000:]
+    leave_an_orphan(tmp_path, "study_faults")
+    again = subprocess.run(cmd, cwd=tmp_path, env=job_env(tmp_path, cifar_root), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    [parent], children = runs(tmp_path, "study_faults")
+    trials = [c for c in children if c.data.tags.get("orphaned") != "true"]
+    assert parent.info.status == "FINISHED" and len(trials) == 4  # 2 variants × 2 seeds
+    # a grid numbers its trials the same way again: a lost trial's run is adopted when its id comes back, so only
+    # the stranger stays orphaned
+    assert {c.data.tags["trial_id"] for c in children if c.data.tags.get("orphaned") == "true"} == {"deadbeef"}
+    assert all(c.info.status == "FINISHED" for c in trials) and not [c for c in children if c.info.status == "RUNNING"]
+    results = mlflow.MlflowClient().download_artifacts(parent.info.run_id, "results.csv", str(tmp_path))
+    assert len(Path(results).read_text().strip().splitlines()) == 1 + 4

@@ -13,7 +13,9 @@ A child run is created the moment its trial starts, but Tune saves its state onl
 killed in between leaves child runs of trials that the restored Tuner has never heard of (the searcher suggests
 others instead). At its first step the callback compares the children with Tune's trials and tags each stranger
 `orphaned` (RUNNING ones end KILLED; a note says why), so every other child is one Tune trial and the
-leaderboard, the trial count and the finished check (`outcome.children`) leave orphans out.
+leaderboard, the trial count and the finished check (`outcome.children`) leave orphans out. A grid or random
+search numbers its trials the same way again, so a lost trial's id may come back: its run is then adopted (the
+tag removed) and continued, its epochs already logged kept.
 """
 from __future__ import annotations
 
@@ -79,6 +81,11 @@ class MLflowTrialRuns(Callback):
         if created:
             tracking.log_config(config, run_id=run_id, prefix=tracking.SPACE_PARAM_PREFIX)
             tracking.log_config(self.space.apply(config), run_id=run_id)
+        elif self._client().get_run(run_id).data.tags.get(ORPHAN_TAG) == "true":
+            # its trial id came back (grid and random search number trials the same way again): the same trial,
+            # run again, so the run is adopted
+            for tag in (ORPHAN_TAG, "mlflow.note.content"):
+                self._client().delete_tag(run_id, tag)
         history = self._client().get_metric_history(run_id, "val_acc")
         self._last_epoch[run_id] = max((m.step for m in history), default=0)
         self._runs[trial_id] = run_id
