@@ -192,9 +192,14 @@ def test_a_tracking_server_outage_mid_sweep_delays_writes_and_loses_none(tmp_pat
 @pytest.mark.timeout(900)
 def test_a_study_killed_mid_trial_finishes_with_one_run_per_trial(tmp_path, cifar_root):
     cmd = [sys.executable, str(REPO / "jobs" / "bn_study.py"), "--smoke-test", "--name=study_faults",
-           f"--storage_path={tmp_path / 'ray'}", "--ray_address=local"]
+           f"--storage_path={tmp_path / 'ray'}", "--ray_address=local", "--epochs=6"]  # trials long enough to catch
+
+    def mid_study(d: Driver) -> bool:  # a trial has reported an epoch, and the study has trials to run
+        children = runs(tmp_path, "study_faults")[1]
+        return any("val_acc" in c.data.metrics for c in children) and \
+            sum(c.info.status == "FINISHED" for c in children) < 4
     driver = Driver(tmp_path, cifar_root, cmd=cmd)
-    assert driver.kill_when(mid_trial(tmp_path, "study_faults")), driver.text[-3000:]
+    assert driver.kill_when(mid_study), driver.text[-3000:]
     leave_an_orphan(tmp_path, "study_faults")
     again = subprocess.run(cmd, cwd=tmp_path, env=job_env(tmp_path, cifar_root), capture_output=True, text=True,
                            timeout=600)
