@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,16 +14,10 @@ import mlflow
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

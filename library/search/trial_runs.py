@@ -134,11 +134,17 @@ class MLflowTrialRuns(Callback):
 
     # ---- Tune's hooks -------------------------------------------------------------------------------------
 
+    def _reconcile_once(self, trials) -> bool:
+        """Queue the orphan check against Tune's `trials` the first time this driver sees them; whether it did."""
+        if self._reconciled:
+            return False
+        self._pending.submit({"op": "orphans", "known": sorted(t.trial_id for t in trials)})
+        self._reconciled = True
+        return True
+
     def on_step_begin(self, iteration, trials, **info):
-        if not self._reconciled:  # Tune's trials, restored ones included, are all known from the first step
-            self._pending.submit({"op": "orphans", "known": sorted(t.trial_id for t in trials)})
-            self._reconciled = True
-        elif self._pending.queue:
+        # Tune's trials, restored ones included, are all known from the first step
+        if not self._reconcile_once(trials) and self._pending.queue:
             self._pending.flush()
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -156,7 +162,5 @@ class MLflowTrialRuns(Callback):
         self._submit("end", trial, status="FAILED")
 
     def on_experiment_end(self, trials, **info):
-        if not self._reconciled:  # a restored sweep whose trials had all ended takes no step
-            self._pending.submit({"op": "orphans", "known": sorted(t.trial_id for t in trials)})
-            self._reconciled = True
+        self._reconcile_once(trials)  # a restored sweep whose trials had all ended takes no step
         self._pending.drain()  # everything recorded before the sweep concludes (or a clear error)
