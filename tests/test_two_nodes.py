@@ -23,9 +23,14 @@ RAY = str(Path(sys.executable).parent / "ray")
 def _start_node(env: dict, *args: str) -> tuple[subprocess.Popen, str]:
     """`ray start --block` with its own temp dir (short: Ray's socket paths must fit in 107 bytes)."""
     temp_dir = tempfile.mkdtemp(prefix="rayn", dir="/tmp")
+    # every port a node opens chosen free here: Ray's fixed defaults can still be held by a Ray another test
+    # just stopped
+    ports = [f"--{name}-port={free_port()}" for name in ("node-manager", "object-manager", "runtime-env-agent",
+                                                          "dashboard-agent-grpc")]
+    log = open(Path(temp_dir) / "start.log", "w")
     proc = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                             f"--temp-dir={temp_dir}", "--disable-usage-stats", *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             f"--temp-dir={temp_dir}", "--disable-usage-stats", *ports, *args],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, temp_dir
 
 
@@ -47,12 +52,12 @@ def two_nodes():
     address = f"127.0.0.1:{port}"
     deadline = time.time() + 180
     while _alive_nodes(address, env) < 1:
-        assert head.poll() is None and time.time() < deadline, "the head did not come up"
+        assert head.poll() is None and time.time() < deadline, (Path(head_tmp) / "start.log").read_text()[-3000:]
         time.sleep(2)
     worker, worker_tmp = _start_node(env, f"--address={address}", f"--dashboard-agent-listen-port={free_port()}",
                                      f"--metrics-export-port={free_port()}")
     while _alive_nodes(address, env) < 2:
-        assert worker.poll() is None and time.time() < deadline, "the second node did not join"
+        assert worker.poll() is None and time.time() < deadline, (Path(worker_tmp) / "start.log").read_text()[-3000:]
         time.sleep(2)
     yield address, f"http://127.0.0.1:{dashboard}", env, worker
     for proc in (worker, head):  # `ray start --block` stops its node's processes when terminated
