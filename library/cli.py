@@ -1,6 +1,6 @@
 """The shared `__main__` of every job: parse `--key=value` into the job's config, apply `--smoke-test`'s small
 settings, print a banner with the config, run `main(cfg)`, and turn the expected failures (bad config, missing
-data, unreachable tracking) into one clear line on stderr and exit status 2 instead of a traceback."""
+data, unreachable tracking, a refused file) into one clear line on stderr and exit status 2 instead of a traceback."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,12 +10,12 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .config import ConfigError, describe, override, parse_argv
 from .data import DatasetCorruptError, DatasetNotFoundError
-from .runtime import git_sha, stop_on_sigterm
+from .runtime import UnreadableFileError, git_sha, stop_on_sigterm
 from .tracking import ModelNotRegisteredError, TrackingUnavailableError, tracking_uri
 
 C = TypeVar("C")
 EXPECTED_ERRORS = (ConfigError, DatasetCorruptError, DatasetNotFoundError, ModelNotRegisteredError,
-                   TrackingUnavailableError)
+                   TrackingUnavailableError, UnreadableFileError)
 
 
 def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any] | None = None) -> C:

@@ -142,8 +142,13 @@ def remote_task(fn: Callable[..., Any], num_cpus: float = 1.0, num_gpus: float =
     return ray.remote(sized).options(num_cpus=num_cpus, num_gpus=num_gpus if cluster_has_gpu() else 0.0)
 
 
+class UnreadableFileError(ValueError):
+    """A file the project reads back (weights, a checkpoint, cached features) is refused: cut short, another
+    format, or holding code (a tampered file on shared storage). Nothing in it was run."""
+
+
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(path, weights_only=True)`: tensors and plain containers, never code. Raises ValueError saying
+    """`torch.load(path, weights_only=True)`: tensors and plain containers, never code. Raises UnreadableFileError saying
     why a file is refused: the code it would run (a tampered file; never loaded here, whatever the source), or
     that it is cut short or not a torch file."""
     try:
@@ -151,8 +156,8 @@ def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cp
     except pickle.UnpicklingError as e:  # torch's text advises weights_only=False: not for files we read back
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"it refers to {found.group(1)}" if found else "a pickle torch's restricted loader cannot read"
-        raise ValueError(f"{path} holds more than tensors ({what}); refused, nothing in it was run") from e
+        raise UnreadableFileError(f"{path} holds more than tensors ({what}); refused, nothing in it was run") from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is not a readable torch file (cut short, or another format): "
+        raise UnreadableFileError(f"{path} is not a readable torch file (cut short, or another format): "
                          f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}") from e
 

@@ -114,3 +114,48 @@ def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_p
     for child in children:  # the retried trial continued from its checkpoint: every epoch logged once
         steps = [m.step for m in mlflow.MlflowClient().get_metric_history(child.info.run_id, "val_acc")]
         assert sorted(steps) == list(range(1, 11)), steps
+
+
+def _running_task_on(raylet: psutil.Process, name: str) -> bool:
+    """A worker of this raylet is executing `name` (Ray titles a busy worker process `ray::<task name>`)."""
+    for proc in raylet.children(recursive=True):
+        try:
+            if proc.cmdline()[:1] == [f"ray::{name}"]:
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+@pytest.mark.timeout(600)
+def test_an_eps_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_path, mnist_root):
+    address, dashboard, env, worker = two_nodes
+    args = ["--smoke-test", f"--ray_address={address}", "--test_size=400", "--shards=4", "--steps=40",
+            "--eps_255=[4,16,64]", "--eps_per_task=1", "--pgd_table=false"]
+    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "eps_sweep.py"), *args], cwd=tmp_path,
+                           env=job_env(tmp_path, mnist_root) | {"RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    raylet = _raylet_of(worker)
+    deadline = time.time() + 300
+    while not _running_task_on(raylet, "sweep_task"):  # a task mid-attack on the second node
+        assert job.poll() is None and time.time() < deadline, "no ε-sweep task ever ran on the second node"
+        time.sleep(0.05)
+    raylet.kill()
+    out = job.communicate(timeout=400)[0]
+    assert job.returncode == 0, out[-4000:]
+
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(address=dashboard, filters=[("name", "=", "sweep_task")], limit=1000, detail=True,
+                       raise_on_missing_output=False)
+    assert len({t.node_id for t in tasks if t.node_id}) == 2  # tasks ran on both nodes
+    assert any(t.attempt_number > 0 for t in tasks)  # the task lost with the node was run again
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("eps_sweep_smoke")
+    (run,) = mlflow.MlflowClient().search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    import pandas as pd
+
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="sweep.csv"))
+    assert len(table) == 2 * 2 * 3  # models × attacks × ε: nothing lost with the node
+    assert (table["n"] == 50).all(), table  # the fixture's whole test set, every shard of every ε counted once

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from ..config import Config, ConfigError
 from ..data.photos import PhotoDataset, PhotoSet
 from ..data.storage import data_root
-from ..runtime import eval_mode, pick_device, ray_init, remote_task
+from ..runtime import UnreadableFileError, eval_mode, pick_device, ray_init, remote_task
 from .backbones import LITE0, Backbone, BackboneSpec
 
 CACHE_ENV = "CV_FEATURE_CACHE"
@@ -72,9 +73,21 @@ class CacheEntry:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
 
+    def _read_shard(self, i: int) -> dict[str, np.ndarray]:
+        """A shard's arrays, read without unpickling (np.load refuses object arrays): a tampered or cut-short
+        shard on shared storage is refused, with what to do."""
+        path = self.shard_path(i)
+        try:
+            with np.load(path) as shard:
+                return {name: shard[name] for name in ("features", "labels", "index")}
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise UnreadableFileError(
+                f"cached features {path} are unreadable ({type(e).__name__}: {str(e)[:200]}); refused, nothing in "
+                f"them was run. Delete the folder {self.folder} and run again: its features are extracted anew.") from e
+
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """(features N×D float32, labels N), in the data set's order."""
-        parts = [np.load(self.shard_path(i)) for i in range(self.shards)]
+        parts = [self._read_shard(i) for i in range(self.shards)]
         order = np.argsort(np.concatenate([p["index"] for p in parts]))
         return (np.concatenate([p["features"] for p in parts])[order],
                 np.concatenate([p["labels"] for p in parts])[order])
