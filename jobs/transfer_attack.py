@@ -50,7 +50,7 @@ class JobConfig(DataOptions):
             raise ConfigError("confidence must be in (0, 1)")
 
 
-SMOKE = {"models": ["init:mish_cnn", "init:mish_cnn_bn"], "per_class": 1, "max_steps": 5, "confidence": 0.5,
+SMOKE = {"models": ["init:mish_cnn", "init:mish_cnn_bn"], "val_size": 100, "per_class": 1, "max_steps": 5, "confidence": 0.5,
          "experiment": "transfer_attack_smoke"}
 
 

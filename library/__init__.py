@@ -12,9 +12,11 @@
     search/        Ray Tune: search spaces, sweeps, their MLflow runs and outcome, studies, the two reports
     pretrained/    timm backbones and their weights, cached features, linear probes, fine-tuning
     adversarial/   attacks and the attack table, ε-sweeps, D2's transformations, images from input gradients
+    campaign/      the catalog (A1…F1) as data; its jobs run as drivers of one cluster, resumable; the report
 
 Plumbing and data/ and models/ import no domain folder; a domain imports the plumbing, and only train/ ->
-adversarial/ (PGD for adversarial training) and search/ -> train/ across domains. Ray is imported only inside
+adversarial/ (PGD for adversarial training) and search/ -> train/ across domains; campaign/ imports no domain
+(it runs their jobs as processes and reads their MLflow runs). Ray is imported only inside
 functions, so the reports and notebooks that rebuild results from MLflow run without it
 (tests/test_architecture.py checks all of this).
 """

@@ -34,6 +34,7 @@ from .config import ConfigError, flatten
 from .runtime import git_sha, load_tensors
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+RUN_TAGS_ENV = "CV_RUN_TAGS"  # a JSON object of tags every run of the process gets (a campaign's, say)
 PACKAGES = ("torch", "torchvision", "timm", "ray", "mlflow", "optuna", "numpy", "pandas")
 MODEL_ARTIFACT_DIR = "model"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's "Model training"
@@ -114,15 +115,14 @@ def experiment_id(name: str) -> str:
 
 
 def run_tags() -> dict[str, str]:
-    """Provenance for every run: code version, package versions, host and accelerator."""
+    """Provenance for every run: code version, package versions, host and accelerator, and $CV_RUN_TAGS."""
     tags = {"git_sha": git_sha(), "host": socket.gethostname(), "python": platform.python_version(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     for package in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             tags[f"version.{package}"] = metadata.version(package)
-    tags["version.torch"] = torch.__version__  # with its build tag (+cpu, +cu132), which the metadata lacks
-    tags["version.cuda"] = str(torch.version.cuda)
-    return tags
+    tags |= {"version.torch": torch.__version__, "version.cuda": str(torch.version.cuda)}  # with its build tag
+    return tags | json.loads(os.environ.get(RUN_TAGS_ENV) or "{}")  # e.g. the campaign this job runs in
 
 
 def log_config(cfg: Any, run_id: str | None = None, prefix: str = "") -> None:

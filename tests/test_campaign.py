@@ -1,0 +1,181 @@
+"""The whole catalog as one campaign, for real: `jobs/campaign.py --profile=smoke` on local Ray with every job
+as its own driver, on small data written in the real formats (one data root: CIFAR-10, MNIST, Pets), a real
+MLflow store; then the report (table, CSV, HTML page), a re-run that changes nothing, a campaign killed mid-way
+and run again, an expectation that is not met, and the README's table against the catalog."""
+import dataclasses
+import html.parser
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import REPO, execute_notebook, job_env, load_job, write_cifar10, write_mnist, write_pets
+from library.campaign import report
+from library.campaign.catalog import CATALOG, at_least, markdown_table, select
+from library.campaign.runner import SUPERSEDED_TAG, UNIT_TAG, unit_runs
+from library.campaign.units import PROFILES, UNITS
+from library.cli import parse_job_config
+from library.config import ConfigError
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def campaign_root(tmp_path_factory) -> Path:
+    """One data root with all three data sets, large enough for every job's --smoke-test split."""
+    root = tmp_path_factory.mktemp("campaign_data")
+    write_cifar10(root, per_batch=200, n_test=300)
+    write_mnist(root, n_train=800, n_test=100)
+    return write_pets(root)
+
+
+def campaign(store: Path, data_root: Path, *args: str, **kw) -> subprocess.Popen:
+    env = job_env(store, data_root) | {"RAY_ADDRESS": "local", "CV_STORAGE_PATH": str(store / "ray"),
+                                       "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(REPO / "jobs" / "campaign.py"), "--smoke-test", *args], cwd=store,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finish(process: subprocess.Popen, timeout: float = 900) -> str:
+    out = process.communicate(timeout=timeout)[0]
+    assert process.returncode == 0, out[-5000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_campaign(tmp_path_factory, campaign_root):
+    store = tmp_path_factory.mktemp("campaign")
+    out = finish(campaign(store, campaign_root))
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("campaign_smoke")
+    (parent,) = mlflow.MlflowClient().search_runs([exp.experiment_id])
+    return store, out, parent
+
+
+def _report(store: Path, parent) -> tuple:
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    table = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/report.json")
+    page = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/report.html")
+    return table, page
+
+
+class _Images(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.embedded, self.rows = 0, 0
+
+    def handle_starttag(self, tag, attrs):
+        src = dict(attrs).get("src", "")
+        self.embedded += tag == "img" and src.startswith("data:image/png;base64,")
+        self.rows += tag == "tr"
+
+
+def test_a_smoke_campaign_runs_every_catalog_id_and_reports_each(smoke_campaign):
+    store, out, parent = smoke_campaign
+    table, page = _report(store, parent)
+    assert [row["id"] for row in table] == [e.id for e in CATALOG]  # one row per ID, in catalog order
+    missing = [(row["id"], row["status"]) for row in table if row["value"] == "missing" or row["status"] != "ran"]
+    assert not missing, missing  # every ID ran and its number was found in its run
+    client = mlflow.MlflowClient()
+    for row in table:  # each row's run exists, finished, and belongs to the unit that answers the ID
+        run = client.get_run(row["run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags[UNIT_TAG] == row["unit"]
+    assert all(row["met"] in ("yes", "no") for row in table if row["expectation"])
+    parsed = _Images()
+    parsed.feed(page)
+    assert parsed.rows == len(CATALOG) + 1
+    assert parsed.embedded == sum(1 for e in CATALOG if e.figure)  # every key figure embedded in the page
+    assert "campaign done: 21 of 21 jobs ran, 0 failed" in out
+    assert out.count("▶ ") == len(UNITS) and out.count("✓ ") == len(UNITS)  # a line as each starts and ends
+
+
+def test_running_a_finished_campaign_again_changes_nothing(smoke_campaign, campaign_root):
+    store, _, parent = smoke_campaign
+    client = mlflow.MlflowClient()
+    before = {r.info.run_id: r.info.end_time for runs in unit_runs(parent.info.run_id).values() for r in runs}
+    out = finish(campaign(store, campaign_root), timeout=300)
+    assert out.count("done earlier") == len(UNITS) and "▶ " not in out
+    after = {r.info.run_id: r.info.end_time for runs in unit_runs(parent.info.run_id).values() for r in runs}
+    assert after == before  # no experiment re-run, no run touched
+    assert len(client.search_runs([mlflow.get_experiment_by_name("campaign_smoke").experiment_id])) == 1
+
+
+def test_an_expectation_that_is_not_met_shows_as_not_met(smoke_campaign):
+    store, _, parent = smoke_campaign
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    entries = [dataclasses.replace(e, bar="≥ 101%", check=at_least(1.01)) if e.id == "A5" else e for e in CATALOG]
+    table = report.rows(entries, unit_runs(parent.info.run_id), {})
+    a5 = table.set_index("id").loc["A5"]
+    assert a5["met"] == "no" and a5["expectation"] == "≥ 101%"
+    assert report.rows(CATALOG, unit_runs(parent.info.run_id), {}).set_index("id").loc["A5", "met"] == "yes"
+
+
+@pytest.mark.timeout(900)
+def test_a_campaign_killed_mid_way_finishes_on_its_rerun_without_running_anything_twice(tmp_path, campaign_root):
+    ids = "--ids=[A10a,B1,E3]"  # bn_study, scratch_layers, then standard (train_cnn), one at a time
+    job = campaign(tmp_path, campaign_root, ids, "--max_parallel=1", start_new_session=True)
+    lines = []
+    for line in job.stdout:  # kill once the first experiment finished and the second is under way
+        lines.append(line)
+        if line.count("▶ ") and any("✓ " in seen for seen in lines):
+            time.sleep(2)
+            os.killpg(job.pid, signal.SIGKILL)
+            break
+    job.wait(timeout=60)
+    first = next(line for line in lines if "✓ " in line).split("✓ ")[1].split()[0]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("campaign_smoke").experiment_id])
+    done_before = unit_runs(parent.info.run_id)[first][0]
+
+    out = finish(campaign(tmp_path, campaign_root, ids, "--max_parallel=1"), timeout=600)
+    assert f"= {first} " in out and f"▶ {first} " not in out  # the finished experiment was not re-run
+    runs = unit_runs(parent.info.run_id)
+    assert runs[first][0].info.run_id == done_before.info.run_id
+    assert runs[first][0].info.end_time == done_before.info.end_time
+    assert {u: len(r) for u, r in runs.items()} == {"bn_study": 1, "scratch_layers": 1, "standard": 1}
+    table, _ = _report(tmp_path, parent)
+    assert [row["id"] for row in table] == ["A10a", "B1", "E3"] and all(row["status"] == "ran" for row in table)
+    client = mlflow.MlflowClient()
+    everything = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                    filter_string=f"tags.`campaign.run_id` = '{parent.info.run_id}'")
+    assert not [r for r in everything if r.info.status == "RUNNING"]  # nothing left open
+    superseded = [r for r in everything if SUPERSEDED_TAG in r.data.tags]
+    assert all(r.info.status == "KILLED" for r in superseded)
+
+
+def test_every_unit_parses_under_every_profile_with_its_jobs_config():
+    """A typo in a profile that CI does not run (cpu, gpu) stops here, not overnight."""
+    for unit in UNITS.values():
+        job = load_job(unit.job.removesuffix(".py"))
+        for profile in PROFILES:
+            argv = unit.argv(profile, "campaign", {n: "0" * 32 for n in unit.needs}, "/photos")
+            parse_job_config(job.JobConfig, argv, getattr(job, "SMOKE", None))
+
+
+def test_an_unknown_id_is_refused_with_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown experiment ID\(s\) \['A11'\]; valid IDs: A1, A2"):
+        select(["A1", "A11"])
+
+
+def test_the_readme_experiment_table_is_the_catalogs():
+    assert markdown_table() in (REPO / "README.md").read_text(), (
+        "regenerate the README's table: python -c 'from library.campaign.catalog import markdown_table; "
+        "print(markdown_table())'")
+
+
+def test_the_notebook_rebuilds_the_report_from_mlflow_alone(smoke_campaign, monkeypatch):
+    store, _, parent = smoke_campaign
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+    monkeypatch.setenv("CAMPAIGN_RUN_ID", parent.info.run_id)
+    outputs, text = execute_notebook("campaign_report.ipynb")
+    assert f"run {parent.info.run_id}" in text
+    page = next(o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {}) and "<section>" in
+                o["data"]["text/html"])
+    parsed = _Images()
+    parsed.feed(page)
+    assert parsed.embedded == sum(1 for e in CATALOG if e.figure)
