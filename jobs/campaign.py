@@ -20,12 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from library.campaign.schedule import CampaignOptions, run_campaign  # noqa: E402
 from library.cli import run_job  # noqa: E402
 
+JobConfig = CampaignOptions  # as every job names its config
 SMOKE = {"profile": "smoke", "name": "campaign_smoke"}
 
 
-def main(cfg: CampaignOptions) -> dict:
+def main(cfg: JobConfig) -> dict:
     return run_campaign(cfg)
 
 
 if __name__ == "__main__":
-    run_job(main, CampaignOptions, smoke=SMOKE)
+    run_job(main, JobConfig, smoke=SMOKE)

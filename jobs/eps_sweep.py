@@ -35,7 +35,8 @@ from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.runtime import ray_init, remote_task  # noqa: E402
 from library.adversarial.registry import AttackSpec  # noqa: E402
-from library.adversarial.robustness import bisection_sweep, pgd_table, sweep, wilson_interval  # noqa: E402
+from library.adversarial.robustness import bisection_sweep, pgd_table, sweep  # noqa: E402
+from library.stats import wilson_interval  # noqa: E402
 
 
 @dataclass(frozen=True)

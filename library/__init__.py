@@ -5,6 +5,7 @@
     runtime.py     where code runs: device, seeding, allocator, git SHA, Ray's edges (ray_init, remote_task)
     tracking.py    MLflow: the store, provenance tags, models in and out (by run, registry name or spec)
     plots.py       figures every domain draws: training curves, filter grids, image grids
+    stats.py       intervals every domain reports (Wilson, for proportions)
     explain.py     looking inside classifiers: top-k, feature maps, CAM, saliency
     data/          data sets as on-device tensors, batched augmentation, the locked download, photo sets
     models/        the model registry: create_model(name, **kw), layers, convolution from scratch

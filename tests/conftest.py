@@ -183,12 +183,49 @@ def run_tune(store, data_root, name, *args, timeout=600):
 
 
 @pytest.fixture(scope="session")
-def tune_smoke(tmp_path_factory, cifar_root) -> tuple[Path, subprocess.CompletedProcess]:
-    """One smoke sweep (`tune_cnn.py --smoke-test`, 3 trials) in its own store, shared by the tests that read it."""
-    store = tmp_path_factory.mktemp("tune_smoke")
-    out = run_tune(store, cifar_root, "smoke")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return store, out
+def campaign_root(tmp_path_factory) -> Path:
+    """One data root with all three data sets, large enough for every job's --smoke-test split."""
+    root = tmp_path_factory.mktemp("campaign_data")
+    write_cifar10(root, per_batch=200, n_test=300)
+    write_mnist(root, n_train=800, n_test=100)
+    return write_pets(root)
+
+
+def campaign(store: Path, data_root: Path, *args: str, **kw) -> subprocess.Popen:
+    env = job_env(store, data_root) | {"RAY_ADDRESS": "local", "CV_STORAGE_PATH": str(store / "ray"),
+                                       "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(REPO / "jobs" / "campaign.py"), "--smoke-test", *args], cwd=store,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finish(process: subprocess.Popen, timeout: float = 900) -> str:
+    out = process.communicate(timeout=timeout)[0]
+    assert process.returncode == 0, out[-5000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_campaign(tmp_path_factory, campaign_root):
+    """`jobs/campaign.py --smoke-test`: every catalog ID once, in its own store. The study tests read its studies
+    (experiments campaign_smoke.<job>) rather than running them again."""
+    store = tmp_path_factory.mktemp("campaign")
+    out = finish(campaign(store, campaign_root))
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("campaign_smoke")
+    (parent,) = mlflow.MlflowClient().search_runs([exp.experiment_id])
+    return store, out, parent
+
+
+SMOKE_SWEEP = "campaign_smoke.tune_cnn"  # the smoke campaign's sweep: its MLflow experiment and Tune name
+
+
+@pytest.fixture(scope="session")
+def tune_smoke(smoke_campaign) -> tuple[Path, subprocess.CompletedProcess]:
+    """The smoke campaign's sweep (`tune_cnn.py --smoke-test --name=campaign_smoke.tune_cnn`, 3 trials): its store
+    and its console (the campaign's log of it, less the command line the campaign wrote first)."""
+    store = smoke_campaign[0]
+    log = (store / "campaign_logs" / "campaign_smoke-smoke" / "tune_cnn.log").read_text().split("\n", 1)[1]
+    return store, subprocess.CompletedProcess(args=[], returncode=0, stdout=log, stderr="")
 
 
 def load_job(name: str):

@@ -16,7 +16,7 @@ from conftest import REPO
 
 LIBRARY = REPO / "library"
 DOMAINS = ("train", "search", "pretrained", "adversarial", "campaign")
-PLUMBING = ("config", "runtime", "tracking", "plots", "data", "models")
+PLUMBING = ("config", "runtime", "tracking", "plots", "stats", "data", "models")
 MLFLOW_ONLY = ("library.search.sweep_report", "library.search.study_report", "library.campaign.report",
                "library.campaign.runner")
 

@@ -169,7 +169,8 @@ def test_targeted_sweep_counts_images_not_yet_at_their_target(trained):
 
 
 def test_wilson_interval_and_the_pgd_table(trained):
-    from library.adversarial.robustness import pgd_table, wilson_interval
+    from library.adversarial.robustness import pgd_table
+    from library.stats import wilson_interval
 
     low, high = wilson_interval(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)

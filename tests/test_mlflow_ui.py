@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import free_port, start_mlflow_server, stop_server
+from conftest import SMOKE_SWEEP, free_port, start_mlflow_server, stop_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # as root, in a sandbox with no network: the flags this machine's notes give for a headless Chromium
@@ -40,7 +40,7 @@ def browser():
 def test_the_experiment_page_lists_the_sweep_its_trials_and_renders_the_comparison(ui, browser, tmp_path):
     base, store = ui
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
-    experiment = mlflow.get_experiment_by_name("smoke")
+    experiment = mlflow.get_experiment_by_name(SMOKE_SWEEP)
     runs = mlflow.search_runs([experiment.experiment_id], filter_string="tags.sweep_kind = 'sweep'",
                               order_by=["attributes.start_time ASC"])
     parent = runs.iloc[0]
@@ -48,7 +48,7 @@ def test_the_experiment_page_lists_the_sweep_its_trials_and_renders_the_comparis
                                 filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'")
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(f"{base}/#/experiments?workflowType=machine_learning")  # the README's link
-    page.get_by_text("smoke", exact=True).first.wait_for(timeout=60_000)
+    page.get_by_text(SMOKE_SWEEP, exact=True).first.wait_for(timeout=60_000)
     # the Model training view (MLflow 3 opens on GenAI traces unless told: the README's link says so)
     page.goto(f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
     row = page.locator("[role=gridcell]", has=page.locator(f"a[href$='/runs/{parent.run_id}']")).first

@@ -1,5 +1,6 @@
 """The study jobs (A1/A2 + A10a, A10b, A4, A5–A8, F1) end to end with --smoke-test: a real local Ray, a real
-MLflow store, tiny CIFAR-10 in the real layout. Each job runs as a subprocess, as a user runs it."""
+MLflow store, tiny CIFAR-10 in the real layout. Each job ran as a subprocess, as a user runs it, in the smoke
+campaign (conftest's `smoke_campaign`, with the settings below); these tests read the runs it left."""
 import json
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from library.cli import run_job
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 # job -> (trials of its smoke test, artifacts its parent run must hold). bn_study keeps the smoke test's two
-# seeds (the aggregation over seeds); the others run one seed (norm_batch_study's smoke test already does),
-# which halves their trials and tests the same code.
+# seeds (the aggregation over seeds); the campaign's smoke profile runs the others on one seed
+# (library/campaign/units.py; norm_batch_study's smoke test already does), which halves their trials.
 JOBS = {
     "bn_study": (4, ["train_loss_per_epoch.png", "filters/no_bn.png", "filters/bn.png", "a10a_bias_before_bn.json"]),
     "norm_batch_study": (4, ["accuracy_vs_batch_size.png", "accuracy_by_batch.csv"]),
@@ -24,13 +25,16 @@ JOBS = {
                                 "architecture/a7.md", "architecture/a8.md"]),
     "vit_study": (3, ["accuracy_time.csv", "filters/cnn.png"]),
 }
-ONE_SEED = {job: ["--seeds=[0]"] for job in ("pipeline_study", "vanishing_gradients", "vit_study")}
 COMMON = ["results.csv", "results.json", "summary.csv", "summary.json", "train_loss_per_epoch.png"]
+
+
+def experiment(job: str) -> str:
+    return f"campaign_smoke.{job}"  # the campaign's name for its unit's runs
 
 
 def run_study(job: str, store: Path, data_root: Path, *args: str) -> subprocess.CompletedProcess:
     env = job_env(store, data_root)
-    cmd = [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--smoke-test", f"--name={job}_test",
+    cmd = [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--smoke-test", f"--name={experiment(job)}",
            f"--storage_path={store / 'ray'}", "--ray_address=local", *args]
     return subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=900)
 
@@ -51,25 +55,16 @@ def artifacts(run_id: str, path: str | None = None) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, cifar_root):
-    """`finished(job)` runs the job's smoke test once per module and returns (store, completed process)."""
-    done = {}
-
-    def run(job: str):
-        if job not in done:
-            store = tmp_path_factory.mktemp(job)
-            out = run_study(job, store, cifar_root, *ONE_SEED.get(job, []))
-            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-            done[job] = store, out
-        return done[job]
-    return run
+def finished(smoke_campaign, campaign_root):
+    """`finished(job)`: (the store where the smoke campaign ran the study, its data root)."""
+    return lambda job: (smoke_campaign[0], campaign_root)
 
 
 @pytest.mark.parametrize("job", list(JOBS))
 def test_study_logs_one_child_per_variant_and_seed_and_the_comparison_in_the_parent(finished, job):
     store, _ = finished(job)
     trials, expected = JOBS[job]
-    parents, children = study_runs(store, f"{job}_test")
+    parents, children = study_runs(store, experiment(job))
     assert len(parents) == 1 and len(children) == trials
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["complete"] == "true"
@@ -87,7 +82,7 @@ def test_study_logs_one_child_per_variant_and_seed_and_the_comparison_in_the_par
 @pytest.mark.parametrize("job", ["pipeline_study", "vanishing_gradients"])
 def test_per_iteration_studies_log_every_step_with_gradient_magnitudes(finished, job):
     store, _ = finished(job)
-    _, children = study_runs(store, f"{job}_test")
+    _, children = study_runs(store, experiment(job))
     client = mlflow.MlflowClient()
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "step.train_acc")]
@@ -99,20 +94,20 @@ def test_per_iteration_studies_log_every_step_with_gradient_magnitudes(finished,
 def test_bn_study_records_the_bias_check_and_the_init(finished):
     job = "bn_study"
     store, _ = finished(job)
-    parent = study_runs(store, f"{job}_test")[0][0]
+    parent = study_runs(store, experiment(job))[0][0]
     assert parent.data.metrics["a10a.max_abs_logit_diff"] < 1e-10
     assert parent.data.metrics["a10a.max_abs_bias_grad"] < 1e-10
     assert parent.data.params["variant.bn.init"].startswith("kaiming")
 
 
-def test_running_a_finished_study_again_adds_no_runs(finished, cifar_root):
+def test_running_a_finished_study_again_adds_no_runs(finished):
     job = "bn_study"
-    store, _ = finished(job)
-    parents, children = study_runs(store, f"{job}_test")
-    again = run_study(job, store, cifar_root)
+    store, data_root = finished(job)
+    parents, children = study_runs(store, experiment(job))
+    again = run_study(job, store, data_root)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "complete already" in again.stdout
-    after = study_runs(store, f"{job}_test")
+    after = study_runs(store, experiment(job))
     assert len(after[0]) == len(parents) and len(after[1]) == len(children)
 
 
@@ -128,11 +123,11 @@ def test_bad_study_options_fail_before_ray_starts(args, message, capsys):
     assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_the_notebook_rebuilds_a_study_from_mlflow_with_its_default_settings(finished, monkeypatch):
+def test_the_notebook_rebuilds_a_study_from_mlflow(finished, monkeypatch):
     job = "vanishing_gradients"  # a study with per-iteration metrics
     store, _ = finished(job)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
-    monkeypatch.delenv("STUDY_EXPERIMENT", raising=False)  # default settings: the newest study in the store
+    monkeypatch.setenv("STUDY_EXPERIMENT", experiment(job))  # the newest study of that experiment
     outputs, text = execute_notebook("study_report.ipynb")
     assert "a7" in text and "test_acc_mean" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 4  # loss, accuracy, G first, G last

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import execute_notebook, job_env, load_job, run_tune, tune_cmd
+from conftest import SMOKE_SWEEP, execute_notebook, job_env, load_job, run_tune, tune_cmd
 from library.cli import run_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -33,8 +33,8 @@ def smoke(tune_smoke):
 
 def test_smoke_sweep_logs_a_parent_and_one_child_per_trial(smoke):
     store, out = smoke
-    parents, children = runs_of(store, "smoke")
-    [state] = (store / "ray").glob("smoke-*")  # <name>-<digest of the settings>
+    parents, children = runs_of(store, SMOKE_SWEEP)
+    [state] = (store / "ray").glob(f"{SMOKE_SWEEP}-*")  # <name>-<digest of the settings>
     trial_dirs = [p for p in state.iterdir() if p.is_dir() and p.name.startswith("trainable_")]
     assert len(parents) == 1 and len(children) == len(trial_dirs) == 3
     parent = parents[0]
@@ -60,27 +60,27 @@ def test_smoke_sweep_logs_a_parent_and_one_child_per_trial(smoke):
     assert "test accuracy" in out.stdout
 
 
-def test_rerunning_a_finished_sweep_adds_nothing(smoke, cifar_root):
+def test_rerunning_a_finished_sweep_adds_nothing(smoke, campaign_root):
     store, _ = smoke
-    before_parents, before_children = runs_of(store, "smoke")
-    out = run_tune(store, cifar_root, "smoke")
+    before_parents, before_children = runs_of(store, SMOKE_SWEEP)
+    out = run_tune(store, campaign_root, SMOKE_SWEEP)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "complete already" in out.stdout
-    parents, children = runs_of(store, "smoke")
+    parents, children = runs_of(store, SMOKE_SWEEP)
     assert len(parents) == 1 and len(children) == len(before_children)
     client = mlflow.MlflowClient()
     for metric in ("test_acc", "best_val_acc"):
         assert len(client.get_metric_history(parents[0].info.run_id, metric)) == 1
 
 
-def test_a_sweep_with_other_settings_never_shares_the_state_of_another(smoke, cifar_root):
+def test_a_sweep_with_other_settings_never_shares_the_state_of_another(smoke, campaign_root):
     """Same name, one setting changed: a new sweep (its own Tune state and parent run), not a resume of the first."""
     store, _ = smoke
-    out = run_tune(store, cifar_root, "smoke", "--space.kernel=[3]", "--num_samples=2")
+    out = run_tune(store, campaign_root, SMOKE_SWEEP, "--space.kernel=[3]", "--num_samples=2")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "resuming" not in out.stdout and "complete already" not in out.stdout
-    assert len(list((store / "ray").glob("smoke-*"))) == 2
-    parents, _ = runs_of(store, "smoke")
+    assert len(list((store / "ray").glob(f"{SMOKE_SWEEP}-*"))) == 2
+    parents, _ = runs_of(store, SMOKE_SWEEP)
     assert len(parents) == 2 and len({p.data.tags["sweep_path"] for p in parents}) == 2
 
 
@@ -104,7 +104,7 @@ def test_every_figure_of_the_smoke_sweep_has_something_drawn(smoke):
     from PIL import Image
 
     store, _ = smoke
-    parents, children = runs_of(store, "smoke")
+    parents, children = runs_of(store, SMOKE_SWEEP)
     client = mlflow.MlflowClient()
     checked = 0
     for run in parents[:1] + children:

@@ -8,7 +8,6 @@ to the images that resist: each row records how many were attacked and how many 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any
 
@@ -108,16 +107,6 @@ def independent_work(model: nn.Module, spec: AttackSpec, x: torch.Tensor, y: tor
     start = standing_at_start(model, x, y, target)
     return sum(sweep(model, baseline, x, y, [eps], start, batch_size=batch_size)[0][0]["backward_passes"]
                for eps in eps_values)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95% with z = 1.96)."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def pgd_table(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_values: list[float], iterations: list[int],

@@ -11,6 +11,8 @@ from typing import Callable
 import mlflow
 import pandas as pd
 
+from ..stats import wilson_interval
+
 
 @dataclass(frozen=True)
 class Measure:
@@ -32,16 +34,6 @@ class Measure:
 
 Reader = Callable[[mlflow.entities.Run], Measure]
 MISSING = Measure(None)
-
-
-def wilson_interval(hits: float, n: float, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion hits/n."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @functools.lru_cache(maxsize=256)

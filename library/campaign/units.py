@@ -48,7 +48,7 @@ class Unit:
         return {name for args in self.args.values() for a in args
                 for _, name, _, _ in string.Formatter().parse(a) if name}
 
-def _study(name: str, job: str, cpu: tuple[str, ...], smoke: tuple[str, ...] = SMOKE) -> Unit:
+def _study(name: str, job: str, cpu: tuple[str, ...], smoke: tuple[str, ...] = (*SMOKE, "--seeds=[0]")) -> Unit:
     return Unit(name, job, {"smoke": smoke, "cpu": cpu, "gpu": ()}, names_field="name", resumes=True)
 
 def _train(name: str, smoke: tuple[str, ...], cpu: tuple[str, ...], gpu: tuple[str, ...]) -> Unit:
@@ -66,12 +66,15 @@ def _photos(*names: str) -> str:
 
 
 UNITS: dict[str, Unit] = {u.name: u for u in [
-    _study("bn_study", "bn_study.py", ("--train_size=20000", "--epochs=10")),
+    _study("bn_study", "bn_study.py", ("--train_size=20000", "--epochs=10"), SMOKE),  # two seeds: the spread
     _study("norm_batch_study", "norm_batch_study.py", ("--train_size=5000", "--epochs=3", "--seeds=[0]")),
     _study("pipeline_study", "pipeline_study.py", ("--seeds=[0,1]",)),
     _study("vanishing_gradients", "vanishing_gradients.py", ("--seeds=[0]",)),
     _study("vit_study", "vit_study.py", ("--train_size=20000", "--epochs=10", "--seeds=[0]")),
-    Unit("tune_cnn", "tune_cnn.py", {"smoke": SMOKE, "cpu": ("--budget=cpu",), "gpu": ("--budget=gpu",)},
+    # the budget always given: the unit sees $RAY_ADDRESS (the campaign's cluster), which --budget=auto takes for
+    # a cluster with GPUs even on a laptop
+    Unit("tune_cnn", "tune_cnn.py", {"smoke": (*SMOKE, "--budget=cpu"), "cpu": ("--budget=cpu",),
+                                     "gpu": ("--budget=gpu",)},
          names_field="name", resumes=True),
     _train("standard", (), ("--epochs=15",), ()),
     _train("robust", ("--adv_eps_255=8", "--adv_steps=2"), ("--adv_eps_255=8", "--epochs=5", "--train_size=10000"),
