@@ -143,7 +143,7 @@ def remote_task(fn: Callable[..., Any], num_cpus: float = 1.0, num_gpus: float =
 
 
 class UnreadableFileError(ValueError):
-    """A file the project reads back (weights, a checkpoint, cached features) is refused: cut short, another
+    """A file the project needs (weights, a checkpoint, cached features) is missing or refused: cut short, another
     format, or holding code (a tampered file on shared storage). Nothing in it was run."""
 
 

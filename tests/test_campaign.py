@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 
 from conftest import REPO, campaign, execute_notebook, finish, load_job
@@ -84,15 +85,16 @@ def test_an_expectation_that_is_not_met_shows_as_not_met(smoke_campaign):
 @pytest.mark.timeout(900)
 def test_a_campaign_killed_mid_way_finishes_on_its_rerun_without_running_anything_twice(tmp_path, campaign_root):
     ids = "--ids=[B1,E3]"  # scratch_layers, then standard (train_cnn, which cannot resume), one at a time
-    job = campaign(tmp_path, campaign_root, ids, "--max_parallel=1", start_new_session=True)
+    job = campaign(tmp_path, campaign_root, ids, "--max_parallel=1")
     lines = []
     for line in job.stdout:  # kill once the first experiment finished and the second is under way
         lines.append(line)
         if line.count("▶ ") and any("✓ " in seen for seen in lines):
             time.sleep(2)
-            os.killpg(job.pid, signal.SIGKILL)
+            os.kill(job.pid, signal.SIGKILL)  # the campaign's driver alone: its units must die with it
             break
     job.wait(timeout=60)
+    assert _gone_soon(tmp_path)  # no unit outlives its campaign (the parent-death signal)
     first = next(line for line in lines if "✓ " in line).split("✓ ")[1].split()[0]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (parent,) = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("campaign_smoke").experiment_id])
@@ -112,6 +114,18 @@ def test_a_campaign_killed_mid_way_finishes_on_its_rerun_without_running_anythin
     assert not [r for r in everything if r.info.status == "RUNNING"]  # nothing left open
     superseded = [r for r in everything if SUPERSEDED_TAG in r.data.tags]
     assert all(r.info.status == "KILLED" for r in superseded)  # the killed train_cnn run, if it had started one
+
+
+def _gone_soon(folder, timeout: float = 10) -> bool:
+    """No job process started in `folder` (a unit of the killed campaign) is alive within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = [p for p in psutil.process_iter(["cmdline", "cwd"]) if p.info.get("cwd") == str(folder)
+                 and any("/jobs/" in a for a in p.info["cmdline"] or [])]
+        if not alive:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def test_every_unit_parses_under_every_profile_with_its_jobs_config():

