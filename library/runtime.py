@@ -109,6 +109,8 @@ def stop_on_sigterm() -> None:
     """SIGTERM (`ray job stop`, a scheduler, `kill`) stops a job as Ctrl-C does: re-sent as SIGINT, it reaches
     Tune's own handler while trials run (state saved, runs marked KILLED, exit 130), else KeyboardInterrupt."""
     if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a script (`&`)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # else the re-sent SIGINT would be ignored
         signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 

@@ -122,3 +122,25 @@ def test_dotted_keys_reach_into_nested_mappings_without_touching_the_defaults():
     assert Spaced().space["model"]["a"] == {"k": [3]}  # the default is not mutated
     with pytest.raises(ConfigError, match="'lr' holds 1, not a mapping"):
         override(Spaced(), {"space.lr.x": 3})
+
+
+def test_sigterm_stops_a_job_that_was_started_with_sigint_ignored(tmp_path):
+    """A script that starts a job in the background (`job &`) leaves SIGINT ignored in it; SIGTERM (`kill`,
+    `ray job stop`) must still stop it as Ctrl-C does, not be re-sent as a signal the job ignores."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from library.runtime import stop_on_sigterm\n"
+            "stop_on_sigterm()\nprint('ready', flush=True)\n"
+            "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('stopped as by Ctrl-C', flush=True)\n") % str(REPO)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.communicate(timeout=30)[0].strip() == "stopped as by Ctrl-C"
