@@ -103,7 +103,8 @@ UNITS: dict[str, Unit] = {u.name: u for u in [
     Unit("mnist_models", "train_mnist_models.py", {"smoke": SMOKE, "cpu": (), "gpu": ()}),
     Unit("eps_sweep", "eps_sweep.py", {"smoke": (*SMOKE, "--models=[registered:mnist_a,registered:mnist_b]",
                                                  "--eps_255=[4,8,16]"),
-                                       "cpu": ("--test_size=1000",), "gpu": ("--test_size=0",)},
+                                       "cpu": ("--test_size=1000", "--pgd_table=true"),
+                                       "gpu": ("--test_size=0", "--pgd_table=true")},
          needs=("mnist_models",)),
     Unit("eps_sweep_targeted", "eps_sweep.py", {
         "smoke": (*SMOKE, "--models=[registered:mnist_a,registered:mnist_b]", "--targeted=true",
