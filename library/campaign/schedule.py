@@ -15,7 +15,7 @@ from ..config import Config, ConfigError
 from ..data.storage import data_root
 from ..runtime import cluster_has_gpu, ray_init
 from . import report
-from .catalog import CATALOG, Entry, select
+from .catalog import Entry, select
 from .runner import PROFILE_TAG, Launcher, is_done, last_error, mark_done, supersede, unit_runs
 from .units import CORGI, PHOTOS, UNITS, with_needs
 
@@ -164,5 +164,3 @@ def run_campaign(opts: CampaignOptions) -> dict:
         raise SystemExit(1)
     return {"run_id": parent, "rows": len(table), "failed": sorted(failed)}
 
-
-__all__ = ["CATALOG", "CampaignOptions", "run_campaign"]
