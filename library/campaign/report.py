@@ -1,6 +1,6 @@
 """The campaign report: a row per catalog ID (what, metric, expectation, value with its interval, met?, the run
-that holds it), as report.json and report.csv in the campaign's run (overwritten by a re-run), and one self-contained HTML page with the
-key figure of each experiment embedded. Built from MLflow alone (no Ray), so notebooks/campaign_report.ipynb
+that holds it), as report.json and report.csv in the campaign's run (a re-run overwrites them), and one
+self-contained HTML page with the key figure of each experiment embedded. Built from MLflow alone (no Ray), so notebooks/campaign_report.ipynb
 rebuilds it from the store."""
 from __future__ import annotations
 
