@@ -4,6 +4,7 @@ image shard × ε-chunk), with robust flags: each ε attacks only the images sti
     python jobs/eps_sweep.py                                   # MNIST models A and B (registered), test set
     python jobs/eps_sweep.py --attacks=[pgd,momentum_margin] --eps_255=[2,4,8,16,32] --test_size=2000
     python jobs/eps_sweep.py --models=[run:<run id>] --dataset=cifar10 --pgd_table=true
+    python jobs/eps_sweep.py --targeted=true --source_class=1 --target_class=8 --test_size=0    # D6: every 1 → 8
     python jobs/eps_sweep.py --search=bisect --eps_255=[1,2,3,4,6,8,12,16,24,32,48,64]   # fine grids, log2 work
     python jobs/eps_sweep.py --smoke-test
 
@@ -44,7 +45,9 @@ class JobConfig(DataOptions):
     dataset: str = "mnist"
     models: tuple[str, ...] = ("registered:mnist_a", "registered:mnist_b")
     attacks: tuple[str, ...] = ("fgsm", "pgd", "momentum_margin")  # see library/adversarial/registry.py ATTACKS
-    targeted: bool = False  # attack toward label + 1 (mod classes) instead of away from the label
+    targeted: bool = False  # attack toward label + 1 (mod classes), or toward target_class, instead of away
+    source_class: int = -1  # >= 0: only the test images of this class (D6: every "1" ...)
+    target_class: int = -1  # >= 0, targeted: every image toward this class (D6: ... classified as "8")
     steps: int = 10  # iterations of the iterative attacks
     eps_255: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64)  # ε in units of 1/255, swept in increasing order
     test_size: int = 1000  # test images (a seeded sample); 0 = all
@@ -69,6 +72,13 @@ class JobConfig(DataOptions):
             raise ConfigError("eps_255 needs positive values (ε in units of 1/255)")
         if self.shards < 1 or self.eps_per_task < 1:
             raise ConfigError("shards and eps_per_task must be at least 1")
+        if self.target_class >= 0 and not (self.targeted and 0 <= self.source_class != self.target_class):
+            raise ConfigError("target_class needs targeted=true and a different source_class (e.g. D6: "
+                              "--targeted=true --source_class=1 --target_class=8)")
+
+    def target_shift(self, classes: int) -> int:
+        """Every target is (label + shift) mod classes: one class to another when both are given."""
+        return (self.target_class - self.source_class) % classes if self.target_class >= 0 else 1
 
 
 SMOKE = {"models": ["init:mnist_a", "init:mnist_b"], "attacks": ["fgsm", "pgd"], "eps_255": [4, 16, 64],
@@ -145,10 +155,15 @@ def run_sweeps(models: dict, specs: list[AttackSpec], x, y, cfg: JobConfig, clas
 def main(cfg: JobConfig) -> dict:
     uri = tracking.connect()
     data = load_data(cfg)
-    test = data.test
-    x, y = test.images, test.labels
+    x, y = data.test.images, data.test.labels
+    if cfg.source_class >= 0:
+        x, y = x[y == cfg.source_class], y[y == cfg.source_class]
+        if not len(y):
+            raise ConfigError(f"no test image of class {cfg.source_class} among the {len(data.test.labels)} sampled; "
+                              "raise test_size (0 = all)")
     models = {spec: tracking.load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
-    specs = [AttackSpec(name, steps=cfg.steps, targeted=cfg.targeted) for name in cfg.attacks]
+    specs = [AttackSpec(name, steps=cfg.steps, targeted=cfg.targeted, target_shift=cfg.target_shift(data.num_classes))
+             for name in cfg.attacks]
     ray_init(cfg.ray_address)
     with tracking.start_run(cfg.experiment, run_name="eps_sweep", config=cfg) as run:
         table = tidy(run_sweeps(models, specs, x, y, cfg, data.num_classes), cfg.targeted)

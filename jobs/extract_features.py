@@ -47,6 +47,7 @@ def main(cfg: JobConfig) -> dict:
             if not e.cache_hit:
                 extract_s = sum(t["extract_s"] for t in e.tasks)
                 stats |= {"images_per_s": len(e.photos) / max(extract_s, 1e-9), "task_s": e.seconds}
+                client.log_dict(run.info.run_id, e.tasks, f"tasks/{label}.json")  # per shard: time, threads, allocator
             mlflow.log_metrics({f"{label}.{k}": v for k, v in stats.items()})
             client.set_tag(run.info.run_id, f"cache.{label}", str(e.entry.folder))
             client.log_dict(run.info.run_id, e.meta, f"features/{label}.json")

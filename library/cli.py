@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .config import ConfigError, describe, override, parse_argv
 from .data import DatasetCorruptError, DatasetNotFoundError
-from .runtime import UnreadableFileError, git_sha, stop_on_sigterm
+from .runtime import UnreadableFileError, git_sha, keep_freed_memory, stop_on_sigterm
 from .tracking import ModelNotRegisteredError, TrackingUnavailableError, tracking_uri
 
 C = TypeVar("C")
@@ -57,6 +57,7 @@ def run_job(main: Callable[[C], Any], cls: type[C], smoke: Mapping[str, Any] | N
     `main`; the expected failures end in one line on stderr and exit status 2."""
     argv = sys.argv[1:] if argv is None else argv
     stop_on_sigterm()
+    keep_freed_memory()  # every path of every job: training, extraction, attacks, evaluation (see runtime.py)
     try:
         cfg = parse_job_config(cls, argv, smoke)
         cfg = resolve(cfg) if resolve is not None else cfg

@@ -68,6 +68,16 @@ def keep_freed_memory() -> bool:
     return _malloc_tuned
 
 
+def malloc_env() -> dict[str, str]:
+    """`keep_freed_memory()` as glibc tunables, for the environment of processes this one starts (Ray's workers):
+    there it is in effect from their first allocation. Empty where it is turned off or the libc is not glibc."""
+    if os.environ.get(MALLOC_TUNING_ENV, "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return {}
+    tunables = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={2**30}"
+    own = os.environ.get("GLIBC_TUNABLES", "")  # a user's own tunables are kept, ours appended
+    return {"GLIBC_TUNABLES": own if tunables in own else ":".join(filter(None, (own, tunables)))}
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """`model` in eval mode inside the block, its own mode (training or not) restored after, even on error."""
@@ -100,8 +110,9 @@ def ray_init(address: str = "") -> None:
     # Ray 2.60 warns on every start that token authentication is on; the README says how the token is used
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if not ray.is_initialized():
+        # every worker of this job starts with the allocator setting the driver uses (trials, tasks, actors)
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
-                 runtime_env={"env_vars": {GIT_SHA_ENV: git_sha()}})
+                 runtime_env={"env_vars": {GIT_SHA_ENV: git_sha(), **malloc_env()}})
         stop_on_sigterm()  # again: Ray's core worker installs its own SIGTERM handler, which aborts the driver
 
 
@@ -123,9 +134,12 @@ def cluster_has_gpu() -> bool:
 
 def use_assigned_cpus() -> int:
     """Inside a Ray task or trial: as many torch threads as CPUs Ray reserved for it (Ray's default for a
-    worker is 1 thread whatever it reserved). Returns the thread count."""
+    worker is 1 thread whatever it reserved), and the allocator setting of `keep_freed_memory` (already in
+    effect in a worker `ray_init` started; this covers workers of a cluster started otherwise). Returns the
+    thread count."""
     import ray
 
+    keep_freed_memory()
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     torch.set_num_threads(threads)
     return threads

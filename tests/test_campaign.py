@@ -58,6 +58,9 @@ def test_a_smoke_campaign_runs_every_catalog_id_and_reports_each(smoke_campaign)
     assert parsed.rows == len(CATALOG) + 1
     assert parsed.embedded == sum(1 for e in CATALOG if e.figure)  # every key figure embedded in the page
     assert "campaign done: 21 of 21 jobs ran, 0 failed" in out
+    d6 = next(row for row in table if row["id"] == "D6")  # the seed's D6: every "1" attacked toward "8"
+    params = client.get_run(d6["run_id"]).data.params
+    assert (params["source_class"], params["target_class"], params["targeted"]) == ("1", "8", "True")
     assert out.count("▶ ") == len(UNITS) and out.count("✓ ") == len(UNITS)  # a line as each starts and ends
 
 
@@ -137,6 +140,17 @@ def test_every_unit_parses_under_every_profile_with_its_jobs_config():
             parse_job_config(job.JobConfig, argv, getattr(job, "SMOKE", None))
 
 
+def test_a_class_to_class_attack_needs_both_classes_and_a_targeted_sweep():
+    job = load_job("eps_sweep")
+    assert job.JobConfig(targeted=True, source_class=1, target_class=8).target_shift(10) == 7
+    assert job.JobConfig(targeted=True, source_class=9, target_class=2).target_shift(10) == 3
+    assert job.JobConfig(targeted=True).target_shift(10) == 1  # toward label + 1
+    for wrong in ({"target_class": 8, "source_class": 1}, {"targeted": True, "target_class": 8},
+                  {"targeted": True, "source_class": 8, "target_class": 8}):
+        with pytest.raises(ConfigError, match="target_class needs targeted=true"):
+            job.JobConfig(**wrong)
+
+
 def test_an_unknown_id_is_refused_with_the_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown experiment ID\(s\) \['A11'\]; valid IDs: A1, A2"):
         select(["A1", "A11"])
@@ -159,3 +173,41 @@ def test_the_notebook_rebuilds_the_report_from_mlflow_alone(smoke_campaign, monk
     parsed = _Images()
     parsed.feed(page)
     assert parsed.embedded == sum(1 for e in CATALOG if e.figure)
+
+
+def test_a_unit_done_with_another_command_runs_again_and_so_does_what_takes_its_model(mlflow_store, tmp_path):
+    from library.campaign.runner import COMMAND_TAG, DONE_TAG, Launcher, settle
+    from library.campaign.units import Unit
+
+    def units(b_args: tuple[str, ...]) -> dict[str, Unit]:
+        return {"a": Unit("a", "train_cnn.py", dict.fromkeys(PROFILES, ("--epochs=2",))),
+                "b": Unit("b", "transfer_attack.py", dict.fromkeys(PROFILES, ("--models=[run:{a}]", *b_args)),
+                          needs=("a",))}
+
+    launcher = Launcher("campaign-run", "c", "cpu", str(tmp_path), "", tmp_path)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("c.units")
+
+    def record(name: str, command: str) -> None:
+        run = client.create_run(experiment, tags={UNIT_TAG: name, DONE_TAG: "true", COMMAND_TAG: command})
+        client.set_terminated(run.info.run_id)
+
+    def fetch() -> dict:
+        runs = {}
+        for run in client.search_runs([experiment], order_by=["attributes.start_time ASC"]):
+            if SUPERSEDED_TAG not in run.data.tags:
+                runs.setdefault(run.data.tags[UNIT_TAG], []).append(run)
+        return runs
+
+    now = units(())
+    record("a", launcher.command_line(now["a"], {}))
+    a_run = fetch()["a"][0].info.run_id
+    record("b", launcher.command_line(now["b"], {"a": a_run}))
+    assert settle(["a", "b"], fetch(), launcher.command_line, now) == ({"a", "b"}, [])  # nothing changed
+    assert settle(["a", "b"], fetch(), launcher.command_line, units(("--steps=5",))) == ({"a"}, ["b"])
+    assert list(fetch()) == ["a"]  # b's run superseded: the campaign runs b again
+    record("b", launcher.command_line(now["b"], {"a": a_run}))
+    record("a", launcher.command_line(now["a"], {}) + " --lr=0.1")  # a was trained again, with other arguments
+    runs = fetch()
+    assert settle(["a", "b"], runs, launcher.command_line, now) == (set(), ["a", "b"])  # b takes a's new model
+    assert fetch() == {}

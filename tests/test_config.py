@@ -144,3 +144,18 @@ def test_sigterm_stops_a_job_that_was_started_with_sigint_ignored(tmp_path):
     time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert proc.communicate(timeout=30)[0].strip() == "stopped as by Ctrl-C"
+
+
+def test_workers_get_the_allocator_setting_in_their_environment_unless_turned_off(monkeypatch):
+    from library.runtime import malloc_env
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("CV_GLIBC_MALLOC_TUNING", raising=False)
+    ours = malloc_env()["GLIBC_TUNABLES"]
+    assert ours == "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # a user's own setting is kept
+    assert malloc_env()["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{ours}"
+    monkeypatch.setenv("GLIBC_TUNABLES", ours)  # and not repeated when it is already there
+    assert malloc_env()["GLIBC_TUNABLES"] == ours
+    monkeypatch.setenv("CV_GLIBC_MALLOC_TUNING", "0")
+    assert malloc_env() == {}

@@ -64,6 +64,9 @@ def test_extraction_fills_the_cache_and_a_rerun_reads_it_without_ray_or_a_forwar
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["features"], order_by=["attributes.start_time DESC"])
     assert runs.iloc[0]["metrics.resnet18.test.cache_hit"] == 1.0 and runs.iloc[1]["metrics.resnet18.test.cache_hit"] == 0.0
+    tasks = mlflow.artifacts.load_dict(f"runs:/{runs.iloc[1]['run_id']}/tasks/resnet18.test.json")
+    assert len(tasks) == 2  # each shard task ran with the driver's allocator setting, from its worker's start
+    assert all(t["freed_memory_kept"] and "glibc.malloc.mmap_max=0" in t["glibc_tunables"] for t in tasks)
 
 
 @pytest.mark.ray
@@ -83,3 +86,29 @@ def test_linear_probe_job_logs_probes_per_backbone_and_the_c4_comparison(tmp_pat
         a.path for a in client.list_artifacts(children.iloc[0]["run_id"])}
     c4 = {a.path for a in client.list_artifacts(parent["run_id"], "c4")}
     assert len(c4) == 3 and any(p.endswith(".csv") for p in c4)
+
+
+def test_a_cache_hit_needs_no_backbone_and_a_changed_weights_file_is_hashed_again(tmp_path, pets_root, monkeypatch):
+    """The weights digest is remembered beside the feature cache by the weights file's identity (path, size,
+    mtime): planning again builds no model; replacing the file makes the next plan load and hash it again."""
+    import torch
+
+    from library.pretrained import backbones
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(create_backbone("resnet18", weights="none").model.state_dict(), weights)
+    spec, photos, cache = BackboneSpec("resnet18", str(weights)), load_pets(pets_root, "test"), tmp_path / "cache"
+    loads = []
+    real = backbones.create_backbone
+    monkeypatch.setattr(backbones, "create_backbone", lambda *a, **k: loads.append(a) or real(*a, **k))
+    first = plan_extractions([(spec, photos)], cache, shards=2)[0]
+    assert len(loads) == 1 and first.meta["weights_digest"] == state_digest(real("resnet18", str(weights)).model)
+    again = plan_extractions([(spec, photos)], cache, shards=2)[0]
+    assert len(loads) == 1 and again.entry.key == first.entry.key and again.meta == first.meta  # no model built
+
+    state = torch.load(weights)
+    state["fc.bias"] += 1  # other weights in the same file
+    torch.save(state, weights)
+    changed = plan_extractions([(spec, photos)], cache, shards=2)[0]
+    assert len(loads) == 2 and changed.meta["weights_digest"] != first.meta["weights_digest"]
+    assert changed.entry.key != first.entry.key

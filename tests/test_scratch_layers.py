@@ -9,15 +9,17 @@ from torch import nn
 from library.models import Conv2d, MaxPool2d, conv2d, create_model, max_pool2d
 
 
-def _conv_case(seed: int) -> dict:
-    """A random conv problem: shapes, (possibly non-square) kernel, per-axis stride and padding, bias or not."""
+def _conv_case(seed: int, unit_stride: bool = False) -> dict:
+    """A random conv problem: shapes, (possibly non-square) kernel, per-axis stride and padding, bias or not.
+    `unit_stride`: stride 1 over at least 2 channels, the shapes that take the shifted-GEMM path."""
     rng = random.Random(seed)
     kh, kw = rng.randint(1, 5), rng.randint(1, 5)
     ph, pw = rng.randint(0, 2), rng.randint(0, 2)
     return {
-        "x": (rng.randint(1, 3), rng.randint(1, 4), rng.randint(max(kh - 2 * ph, 1), 11),
+        "x": (rng.randint(1, 3), rng.randint(2 if unit_stride else 1, 4), rng.randint(max(kh - 2 * ph, 1), 11),
               rng.randint(max(kw - 2 * pw, 1), 11)),
-        "out": rng.randint(1, 5), "kernel": (kh, kw), "stride": (rng.randint(1, 3), rng.randint(1, 3)),
+        "out": rng.randint(1, 5), "kernel": (kh, kw),
+        "stride": (1, 1) if unit_stride else (rng.randint(1, 3), rng.randint(1, 3)),
         "padding": (ph, pw), "bias": rng.random() < 0.5,
     }
 
@@ -35,11 +37,14 @@ def _grads(out: torch.Tensor, upstream: torch.Tensor, *leaves) -> list:
     return list(torch.autograd.grad(out, present, upstream))
 
 
-@pytest.mark.parametrize("seed", range(24))
-def test_conv2d_matches_pytorch_in_values_and_every_gradient(seed):
-    case = _conv_case(seed)
+@pytest.mark.parametrize("unit_stride", [False, True], ids=["any", "shifted"])
+@pytest.mark.parametrize("seed", range(16))
+def test_conv2d_matches_pytorch_in_values_and_every_gradient(seed, unit_stride):
+    case = _conv_case(seed, unit_stride)
     x, w, b = _leaves(case, seed)
     ours = conv2d(x, w, b, case["stride"], case["padding"])
+    if unit_stride:
+        assert "Shifted" in ours.grad_fn.name()
     ref = F.conv2d(x, w, b, case["stride"], case["padding"])
     assert ours.shape == ref.shape
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
@@ -48,9 +53,10 @@ def test_conv2d_matches_pytorch_in_values_and_every_gradient(seed):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_conv2d_passes_gradcheck_in_float64(seed):
-    case = _conv_case(100 + seed)
+@pytest.mark.parametrize("unit_stride", [False, True], ids=["any", "shifted"])
+@pytest.mark.parametrize("seed", range(4))
+def test_conv2d_passes_gradcheck_in_float64(seed, unit_stride):
+    case = _conv_case(100 + seed, unit_stride)
     x, w, b = _leaves(case, seed, torch.float64)
     inputs = (x, w) if b is None else (x, w, b)
     assert torch.autograd.gradcheck(

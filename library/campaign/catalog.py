@@ -154,7 +154,7 @@ CATALOG: list[Entry] = [
     Entry("D5", "untargeted L∞ PGD on MNIST A, ≤ 20 backward passes", "eps_sweep", "robust acc at 8/255",
           from_table("sweep.csv", "robust_acc", {**MNIST_A, "attack": "pgd", "eps_255": 8.0}, unit="%", n_column="n"),
           figure="curves/0_registered_mnist_a.png"),
-    Entry("D6", "targeted PGD (toward label + 1) on MNIST A", "eps_sweep_targeted", "success at 16/255",
+    Entry("D6", "targeted PGD on MNIST A: every 1 classified as 8", "eps_sweep_targeted", "success at 16/255",
           from_table("sweep.csv", "targeted_success", {**MNIST_A, "attack": "pgd_targeted", "eps_255": 16.0},
                      unit="%", n_column="n")),
     Entry("D7", "momentum + margin targeted attack, same budget", "eps_sweep_targeted", "success at 16/255",

@@ -12,7 +12,8 @@ Every MLflow run a unit makes is tagged with the campaign's run id and the unit'
 campaign finds its units' results in MLflow alone. Run again, it skips units whose run finished, re-runs the
 sweeps and studies that were interrupted (they resume from their Tune state, in the same MLflow run), marks the
 interrupted run of any other unit superseded (KILLED, tagged) before running it again, and never re-runs a
-unit whose test-set evaluation was recorded."""
+unit whose test-set evaluation was recorded. A unit done with another command than the one it would run now
+(its arguments changed, or a model it takes was trained again) is superseded and run again."""
 from __future__ import annotations
 
 import ctypes
@@ -24,16 +25,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import mlflow
 
 from .. import tracking
-from .units import Unit
+from .units import UNITS, Unit
 
 CAMPAIGN_TAG, UNIT_TAG = "campaign.run_id", "campaign.unit"  # on every run a unit makes
 PROFILE_TAG = "campaign.profile"  # on the campaign's own run: it is found again by (name, profile)
 DONE_TAG, SUPERSEDED_TAG = "campaign.done", "campaign.superseded"
+COMMAND_TAG = "campaign.command"  # the unit's command line as run (jobs/<job> and its arguments)
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 _PR_SET_PDEATHSIG = 1
 
@@ -75,6 +77,27 @@ def is_done(unit: Unit, runs: list[mlflow.entities.Run]) -> bool:
     return bool(complete)
 
 
+def settle(order: list[str], runs: dict[str, list[mlflow.entities.Run]],
+           command_line: Callable[[Unit, Mapping[str, str]], str],
+           units: Mapping[str, Unit] = UNITS) -> tuple[set[str], list[str]]:
+    """The units done earlier with the very command the campaign would run now, and those done with another (its
+    arguments changed, or a model it takes was trained again): these are superseded in `runs`, to run again.
+    Runs from before commands were recorded count as the same command."""
+    done, changed = set(), []
+    for name in order:  # dependency order: whatever a unit needs is settled before it
+        unit, mine = units[name], runs.get(name, [])
+        if not is_done(unit, mine):
+            continue
+        if all(n in done for n in unit.needs):
+            now = command_line(unit, {n: runs[n][-1].info.run_id for n in unit.needs})
+            if all(r.data.tags.get(COMMAND_TAG, now) == now for r in mine):
+                done.add(name)
+                continue
+        changed.append(name)
+        supersede(runs.pop(name))
+    return done, changed
+
+
 def supersede(runs: list[mlflow.entities.Run]) -> None:
     """The interrupted runs of a unit that cannot resume: closed as KILLED and left out of the campaign."""
     client = mlflow.MlflowClient()
@@ -109,8 +132,12 @@ class Launcher:
     def command(self, unit: Unit, made: Mapping[str, str]) -> list[str]:
         return [sys.executable, str(JOBS / unit.job), *unit.argv(self.profile, self.campaign, made, self.photos)]
 
+    def command_line(self, unit: Unit, made: Mapping[str, str]) -> str:
+        """The command as recorded on the unit's runs: the same on any machine and interpreter."""
+        return " ".join([f"jobs/{unit.job}", *unit.argv(self.profile, self.campaign, made, self.photos)])
+
     def start(self, unit: Unit, made: Mapping[str, str]) -> None:
-        tags = {CAMPAIGN_TAG: self.campaign_run_id, UNIT_TAG: unit.name}
+        tags = {CAMPAIGN_TAG: self.campaign_run_id, UNIT_TAG: unit.name, COMMAND_TAG: self.command_line(unit, made)}
         env = os.environ | {tracking.RUN_TAGS_ENV: json.dumps(tags), "RAY_ADDRESS": self.ray_address,
                             tracking.TRACKING_ENV: mlflow.get_tracking_uri(), "PYTHONUNBUFFERED": "1"}
         self.log_dir.mkdir(parents=True, exist_ok=True)

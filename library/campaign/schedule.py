@@ -16,7 +16,7 @@ from ..data.storage import data_root
 from ..runtime import cluster_has_gpu, ray_init
 from . import report
 from .catalog import Entry, select
-from .runner import PROFILE_TAG, Launcher, is_done, last_error, mark_done, supersede, unit_runs
+from .runner import PROFILE_TAG, Launcher, last_error, mark_done, settle, supersede, unit_runs
 from .units import CORGI, PHOTOS, UNITS, with_needs
 
 @dataclass(frozen=True)
@@ -115,10 +115,12 @@ def run_campaign(opts: CampaignOptions) -> dict:
                   f"once; logs in {log_dir}; MLflow {uri}, run {parent}")
 
     runs = unit_runs(parent)
-    done = {u for u in order if is_done(UNITS[u], runs.get(u, []))}
+    done, changed = settle(order, runs, launcher.command_line)
     for unit in order:
         if unit in done:
             progress.line(f"= {unit} [{_ids_of(unit, entries)}] done earlier{_headline(unit, entries, runs[unit])}")
+        elif unit in changed:
+            progress.line(f"~ {unit} [{_ids_of(unit, entries)}] done earlier with another command: runs again")
         elif unit in runs and not UNITS[unit].resumes:
             supersede(runs.pop(unit))
     pending, failed = [u for u in order if u not in done], {}

@@ -123,6 +123,16 @@ def _local_default(name: str) -> Path | None:
     return None
 
 
+def resolve_weights(name: str, weights: str) -> str | Path:
+    """"hub", "none", or the file that `weights` names: a file, a folder, a package, or for "hub" the local
+    default $CV_WEIGHTS_DIR/<name> when it is there."""
+    local = _local_default(name) if weights == "hub" else None
+    source = weights if local is None else str(local)
+    if source in ("hub", "none"):
+        return source
+    return weights_file(_package_weights(source) if source.startswith("package:") else Path(source).expanduser())
+
+
 def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
     """Tensors only: safetensors, or a torch file loaded with weights_only=True (a {"state_dict": ...} or
     {"model": ...} wrapper is unwrapped)."""
@@ -201,8 +211,7 @@ def create_backbone(name: str, weights: str = "hub", num_classes: int | None = N
 
     check_model_name(name)
     options = dict(kwargs, **({} if num_classes is None else {"num_classes": num_classes}))
-    local = _local_default(name) if weights == "hub" else None
-    source: str = weights if local is None else str(local)
+    source = resolve_weights(name, weights)
     if source == "none":
         with torch.random.fork_rng(devices=[]):  # a seeded random init: the same "none" weights every time, so
             torch.manual_seed(0)  # random-weights baselines are reproducible and their features cacheable
@@ -213,20 +222,17 @@ def create_backbone(name: str, weights: str = "hub", num_classes: int | None = N
         except Exception as e:  # no network, no such tag, a hub error: one message saying what to do
             raise _hub_error(name, e) from e
     else:
-        path = _package_weights(source) if source.startswith("package:") else Path(source).expanduser()
-        file = weights_file(path)
-        state = read_state_dict(file)
+        state = read_state_dict(source)
         if is_efficientnet_pytorch_layout(state):
             model = timm.create_model(name, pretrained=False)
             model.load_state_dict(efficientnet_pytorch_to_timm(state, model), strict=True)
             if num_classes is not None:
                 model.reset_classifier(num_classes)
         else:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **options)
-        source = str(file)
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(source)}, **options)
     model.eval()
     data_config = timm.data.resolve_model_data_config(model)
-    return Backbone(name, model, source, state_digest(model), data_config)
+    return Backbone(name, model, str(source), state_digest(model), data_config)
 
 
 @dataclass(frozen=True)

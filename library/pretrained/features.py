@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from ..config import Config, ConfigError
 from ..data.photos import PhotoDataset, PhotoSet
 from ..data.storage import data_root
-from ..runtime import UnreadableFileError, eval_mode, pick_device, ray_init, remote_task
+from ..runtime import UnreadableFileError, eval_mode, keep_freed_memory, pick_device, ray_init, remote_task
 from .backbones import LITE0, Backbone, BackboneSpec
+from .weights_memo import BackboneFacts, backbone_facts
 
 CACHE_ENV = "CV_FEATURE_CACHE"
 
@@ -38,7 +39,7 @@ def cache_root(explicit: str = "") -> Path:
     return Path(chosen).expanduser().resolve()
 
 
-def cache_key(backbone: Backbone, photos: PhotoSet) -> str:
+def cache_key(backbone: Backbone | BackboneFacts, photos: PhotoSet) -> str:
     identity = {"model": backbone.name, "weights": backbone.weights_digest,
                 "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
                 "data": photos.name, "fingerprint": photos.fingerprint(), "features": "pre_logits, L2-normalised"}
@@ -129,10 +130,12 @@ def extract_shard(spec: BackboneSpec, photos: PhotoSet, entry: CacheEntry, shard
     features, labels = extract(backbone, photos, index, batch_size, workers=max(0, threads - 1))
     entry.write_shard(shard, features, labels, np.asarray(index))
     done = time.perf_counter()
-    return {"shard": shard, "images": len(index), "load_s": loaded - start, "extract_s": done - loaded}
+    return {"shard": shard, "images": len(index), "load_s": loaded - start, "extract_s": done - loaded,
+            "threads": threads, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+            "freed_memory_kept": keep_freed_memory()}
 
 
-def describe(backbone: Backbone, photos: PhotoSet, shards: int) -> dict[str, Any]:
+def describe(backbone: Backbone | BackboneFacts, photos: PhotoSet, shards: int) -> dict[str, Any]:
     return {"model": backbone.name, "weights": backbone.weights, "weights_digest": backbone.weights_digest,
             "num_features": backbone.num_features, "data_config": backbone.data_config, "data": photos.name,
             "fingerprint": photos.fingerprint(), "images": len(photos), "classes": list(photos.classes),
@@ -156,12 +159,13 @@ class Extraction:
 
 
 def plan_extractions(pairs: list[tuple[BackboneSpec, PhotoSet]], root: Path, shards: int) -> list[Extraction]:
-    """Each (backbone, data set) pair's cache entry, found complete (a hit) or to be computed. Loads each backbone
-    once on the driver for its weights digest (no forward pass) and needs no Ray."""
-    backbones: dict[BackboneSpec, Backbone] = {}
+    """Each (backbone, data set) pair's cache entry, found complete (a hit) or to be computed. Needs no Ray, and
+    no backbone either once its facts are remembered beside the cache (`weights_memo`): a first plan loads each
+    backbone once on the driver for its weights digest (no forward pass)."""
+    facts: dict[BackboneSpec, BackboneFacts] = {}
     extractions = []
     for spec, photos in pairs:
-        backbone = backbones.setdefault(spec, spec.load())
+        backbone = facts.setdefault(spec, backbone_facts(spec, root))
         key = cache_key(backbone, photos)
         found = existing_entry(root, key)
         entry = found or CacheEntry(root, key, max(1, min(shards, len(photos))))
