@@ -25,7 +25,7 @@ def test_a_short_run_lowers_the_loss_and_reports_every_metric(tiny):
     history = result.history
     assert [m["epoch"] for m in history] == [1, 2, 3, 4] and [e for _, e in seen] == [1, 2, 3, 4]
     assert set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s",
-                               "epoch_s", "train_s"}
+                               "epoch_s", "train_s", "threads"}
     assert 0 < history[0]["train_s"] < history[-1]["train_s"]  # training seconds so far, cumulative
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1
     assert history[-1]["val_acc"] > 0.3  # templates under noise: far above chance (0.1) after a few steps
@@ -125,3 +125,38 @@ def test_adversarial_training_resumes_exactly(tiny):
     train(cfg, tiny, on_epoch=lambda m, s: saved.setdefault("first", s.state_dict()) if s.epoch == 1 else None)
     resumed = train(cfg, tiny, resume=saved["first"])
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in straight.history])
+
+
+def test_threads_shrink_to_the_cores_others_leave_free_and_grow_back(monkeypatch):
+    from library.runtime import CoreShare
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    # (time, busy seconds of this process's 2 CPUs, own CPU seconds): another process busy on one core for 6 s,
+    # then nobody else
+    samples = iter([(0.0, 0.0, 0.0), (6.0, 12.0, 6.0), (12.0, 18.0, 12.0)])
+    monkeypatch.setattr(CoreShare, "_sample", lambda self: next(samples))
+    share = CoreShare(every_s=0)
+    share.cpus = {0, 1}
+    assert share.adjust() == 1 and share.adjust() == 2 and chosen == [1, 2]
+
+
+def test_threads_go_down_to_one_beside_processes_that_keep_every_core_busy():
+    import subprocess
+    import sys
+    import time
+
+    from library.runtime import CoreShare
+
+    before = torch.get_num_threads()
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(len(CoreShare().cpus))]
+    try:
+        share = CoreShare(every_s=1.0)
+        share.most = 2  # whatever this machine's default: one core busy is enough to want fewer than 2
+        time.sleep(1.5)
+        assert share.adjust() == 1
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        torch.set_num_threads(before)
