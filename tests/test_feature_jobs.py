@@ -112,3 +112,12 @@ def test_a_cache_hit_needs_no_backbone_and_a_changed_weights_file_is_hashed_agai
     changed = plan_extractions([(spec, photos)], cache, shards=2)[0]
     assert len(loads) == 2 and changed.meta["weights_digest"] != first.meta["weights_digest"]
     assert changed.entry.key != first.entry.key
+
+
+def test_a_worker_loads_a_backbone_once_for_all_its_shards(tmp_path, pets_root):
+    from library.pretrained.features import CacheEntry, extract_shard, worker_backbone
+
+    spec, photos = BackboneSpec("resnet18", "none"), load_pets(pets_root, "test")
+    entry = CacheEntry(tmp_path, "key", shards=2)
+    first, second = (extract_shard(spec, photos, entry, i, batch_size=8) for i in range(2))
+    assert worker_backbone.cache_info().hits >= 1 and second["load_s"] < 0.01 and not entry.missing()

@@ -9,6 +9,7 @@ extraction resumes with the shards still missing.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -120,11 +121,19 @@ def extract(backbone: Backbone, photos: PhotoSet, index: range, batch_size: int 
     return torch.cat(features).numpy(), torch.cat(labels).numpy()
 
 
+@functools.lru_cache(maxsize=2)
+def worker_backbone(spec: BackboneSpec) -> Backbone:
+    """The backbone as this process loaded it for an earlier shard: Ray runs a job's tasks in the same worker
+    processes, so each worker loads a backbone once, however many shards it extracts."""
+    return spec.load()
+
+
 def extract_shard(spec: BackboneSpec, photos: PhotoSet, entry: CacheEntry, shard: int, batch_size: int) -> dict:
-    """One unit of work (a Ray task): load the backbone, extract one shard into the cache; returns timings."""
+    """One unit of work (a Ray task): the backbone (loaded once per worker), one shard extracted into the cache;
+    returns timings."""
     threads = torch.get_num_threads()  # what remote_task sized to the CPUs Ray reserved
     start = time.perf_counter()
-    backbone = spec.load()
+    backbone = worker_backbone(spec)
     loaded = time.perf_counter()
     index = photos.shards(entry.shards)[shard]
     features, labels = extract(backbone, photos, index, batch_size, workers=max(0, threads - 1))

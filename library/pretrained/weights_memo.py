@@ -34,8 +34,9 @@ class BackboneFacts:
 
     @classmethod
     def of(cls, backbone) -> "BackboneFacts":
-        return cls(backbone.name, backbone.weights, backbone.weights_digest, dict(backbone.data_config),
-                   backbone.num_features)
+        """The facts of a loaded backbone, in the form they are remembered (JSON: tuples become lists)."""
+        return cls(backbone.name, backbone.weights, backbone.weights_digest,
+                   json.loads(json.dumps(backbone.data_config)), backbone.num_features)
 
 
 def identity(spec: BackboneSpec) -> dict[str, Any]:
