@@ -242,12 +242,13 @@ class BackboneSpec:
     name: str
     weights: str = "hub"
 
-    def __post_init__(self):
-        check_model_name(self.name)  # a job stops on a misspelt name before anything runs or is recorded
-
     @classmethod
-    def parse(cls, text: str) -> "BackboneSpec":
+    def parse(cls, text: str, check: bool = True) -> "BackboneSpec":
+        """The spec `text` names; with `check`, timm must know the name (a job stops on a misspelt name before
+        anything runs or is recorded; it costs timm's import, which a feature-cache hit does without)."""
         name, _, weights = text.partition("@")
+        if check:
+            check_model_name(name)
         return cls(name, weights or "hub")
 
     def load(self) -> Backbone:

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +28,8 @@ from ..config import Config, ConfigError
 from ..data.photos import PhotoDataset, PhotoSet
 from ..data.storage import data_root
 from ..runtime import UnreadableFileError, eval_mode, keep_freed_memory, pick_device, ray_init, remote_task
-from .backbones import LITE0, Backbone, BackboneSpec
-from .weights_memo import BackboneFacts, backbone_facts
+from .backbones import LITE0, Backbone, BackboneSpec, check_model_name
+from .weights_memo import BackboneFacts, backbone_facts, memo_path
 
 CACHE_ENV = "CV_FEATURE_CACHE"
 
@@ -148,7 +148,7 @@ def describe(backbone: Backbone | BackboneFacts, photos: PhotoSet, shards: int) 
     return {"model": backbone.name, "weights": backbone.weights, "weights_digest": backbone.weights_digest,
             "num_features": backbone.num_features, "data_config": backbone.data_config, "data": photos.name,
             "fingerprint": photos.fingerprint(), "images": len(photos), "classes": list(photos.classes),
-            "shards": shards, "spec": asdict(BackboneSpec(backbone.name, backbone.weights))}
+            "shards": shards, "spec": {"name": backbone.name, "weights": backbone.weights}}
 
 
 @dataclass
@@ -226,8 +226,11 @@ class FeatureOptions(Config):
         super().__post_init__()
         if not self.backbones:
             raise ConfigError("backbones is empty")
-        for text in self.backbones:
-            BackboneSpec.parse(text)  # an unknown name stops here, before a run is opened
+        root = cache_root(self.cache_dir)
+        for text in self.backbones:  # an unknown name stops here, before a run is opened; a backbone whose
+            spec = BackboneSpec.parse(text, check=False)  # features were computed before is known already
+            if not memo_path(root, spec).is_file():
+                check_model_name(spec.name)
         if self.dataset == "folder" and not self.folder:
             raise ConfigError("dataset=folder needs --folder=/path/to/<class>/<image> files")
         if self.shards < 1 or self.batch_size < 1:
@@ -248,7 +251,7 @@ def extract_features(opts: FeatureOptions) -> list[Extraction]:
     """Every (backbone, split) pair's features, from the cache or computed as Ray tasks; Ray is started only
     when something is missing. Ordered backbone-major, splits in `opts.splits` order."""
     photos = load_photos(opts)
-    pairs = [(BackboneSpec.parse(text), p) for text in opts.backbones for p in photos]
+    pairs = [(BackboneSpec.parse(text, check=False), p) for text in opts.backbones for p in photos]  # checked
     extractions = plan_extractions(pairs, cache_root(opts.cache_dir), opts.shards)
     if not all(e.cache_hit for e in extractions):
         ray_init(opts.ray_address)
