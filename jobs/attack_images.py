@@ -1,7 +1,7 @@
 """Targeted adversarial images for a pretrained ImageNet classifier (D1, D2, D7, D8, D9).
 
     python jobs/attack_images.py --images=[../shared/data/images/peppers.png]     # → space shuttle and 3 more
-    python jobs/attack_images.py --images=[a.jpg,b.jpg] --targets=[812,76] --eps_255=4
+    python jobs/attack_images.py --images=[a.jpg,b.jpg] --targets=[812,76] --labels=[945,263] --eps_255=4
     python jobs/attack_images.py --images=[peppers.png] --start=../shared/data/images/n02113023_Pembroke.JPEG
     python jobs/attack_images.py --smoke-test
 
@@ -49,6 +49,7 @@ class JobConfig(Config):
     backbone: str = LITE0  # a timm ImageNet classifier, optionally @weights
     images: tuple[str, ...] = ()  # one image: attacked toward every target; else one target per image
     targets: tuple[int, ...] = (812, 76, 282, 263)  # space shuttle, tarantula, tiger cat, Pembroke corgi
+    labels: tuple[int, ...] = ()  # each image's true ImageNet class: D1 asks that the clean prediction be correct
     eps_255: float = 8.0  # the L∞ budget, in 1/255
     steps: int = 50  # backward passes per image (both attacks)
     lr: float = 100.0  # D1's λ: the gradient of a probability near 0 is tiny, so λ is large
@@ -67,6 +68,8 @@ class JobConfig(Config):
         super().__post_init__()
         if self.eps_255 <= 0 or self.steps < 1:
             raise ConfigError("eps_255 must be positive and steps at least 1")
+        if self.labels and self.images and len(self.labels) != len(self.images):
+            raise ConfigError(f"--labels gives {len(self.labels)} classes for {len(self.images)} images: one each")
 
 
 SMOKE = {"backbone": "tf_efficientnet_lite0@none", "targets": [812, 76], "steps": 3, "eot_samples": 2,
@@ -183,6 +186,20 @@ def log_attack(label, x, adv, clean, probabilities, targets, names, cfg: JobConf
     return summary
 
 
+def log_clean(paths: tuple[str, ...], clean: torch.Tensor, labels: tuple[int, ...], names: list[str]) -> None:
+    """Each image's clean top-1 class and probability (clean_top1.csv); with the true classes, the fraction
+    predicted correctly (metric clean_correct: D1's condition)."""
+    p, k = clean[:len(paths)].max(1)  # one row per image (a single image is repeated once per target)
+    table = pd.DataFrame({"image": [Path(path).name for path in paths], "predicted": k.tolist(),
+                          "name": [names[int(i)] for i in k], "probability": p.tolist()})
+    if labels:
+        table["label"] = list(labels)
+        mlflow.log_metric("clean_correct", float((table["predicted"] == table["label"]).mean()))
+    mlflow.log_text(table.to_csv(index=False), "clean_top1.csv")
+    print("clean predictions: " + ", ".join(f"{r.image} {r.name} {r.probability:.2f}" for r in table.itertuples())
+          + (f"; correct {int((table['predicted'] == table['label']).sum())}/{len(table)}" if labels else ""))
+
+
 def log_inversion(image: torch.Tensor, layers: list[str], images: torch.Tensor, distances: list[float],
                   steps: int, model_name: str) -> None:
     """D9 into the active run: the reconstructions at three layers beside the image, and their distances."""
@@ -233,6 +250,7 @@ def main(cfg: JobConfig) -> dict:
     with tracking.start_run(cfg.experiment, run_name=f"attack {spec.name}", config=cfg) as run:
         with torch.no_grad():
             clean = model(x).softmax(1)
+        log_clean(paths, clean, cfg.labels, names)
         rows = []
         for label, ref in attacks.items():
             adv, probabilities = ray.get(ref)

@@ -40,12 +40,14 @@ def test_transforms_keep_shape_and_range_and_sample_with_a_generator():
 def test_attack_images_job_logs_the_figures_and_the_transform_table(tmp_path):
     corgi = tmp_path / "start.png"  # D8's start and D9's image
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(corgi)
-    out = run("attack_images", tmp_path, f"--start={corgi}", "--ray_address=local")
+    out = run("attack_images", tmp_path, f"--start={corgi}", "--ray_address=local", "--labels=[945]")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_row = mlflow.search_runs(experiment_names=["attack_images_smoke"]).iloc[0]
     assert {"d1_probability_ascent.png", "d7_momentum_margin.png", "d2_eot_momentum_margin.png", "d2_transforms.csv",
-            "d2_survival.csv", "d8_class_maximisation.png", "d9_feature_inversion.png"} <= artifacts(run_row["run_id"])
+            "d2_survival.csv", "d8_class_maximisation.png", "d9_feature_inversion.png",
+            "clean_top1.csv"} <= artifacts(run_row["run_id"])
+    assert run_row["metrics.clean_correct"] in (0.0, 1.0) and "clean predictions: smoke_gradient.png" in out.stdout
     assert 0 <= run_row["metrics.d1_probability_ascent.success_rate"] <= 1
     assert all(run_row[f"metrics.d9.{stage}.relative_distance"] >= 0 for stage in ("early", "middle", "late"))
 

@@ -76,6 +76,14 @@ def _d8(run: mlflow.entities.Run) -> Measure:
     return Measure(run.data.metrics[probs[0]], unit="%") if probs else MISSING
 
 
+def _d1(run: mlflow.entities.Run) -> Measure:
+    """The lesser of the targets reached and the clean predictions correct (the seed asks both of every photo)."""
+    reached, correct = run.data.metrics.get(f"{ATTACKS[0]}.success_rate"), run.data.metrics.get("clean_correct")
+    if reached is None or correct is None:
+        return MISSING
+    return Measure(min(reached, correct), unit="%", detail=f"targets {reached:.0%}, clean {correct:.0%}")
+
+
 def _a10b(run: mlflow.entities.Run) -> Measure:
     """accuracy_by_batch.csv: a row per normalisation, a column per batch size (smallest first)."""
     rows = table(run, "accuracy_by_batch.csv")
@@ -143,8 +151,9 @@ CATALOG: list[Entry] = [
           lambda run: _probe(run, 1)),
     Entry("C5", "fine-tuned pretrained vs from scratch", "finetune", "top-1, fine-tuned − scratch",
           _gap("pretrained.test_top1", "scratch.test_top1"), "fine-tuned above scratch", lambda m, _: m.value > 0),
-    Entry("D1", "targeted probability ascent, 4 photos", "attack_images", "targets reached",
-          metric(f"{ATTACKS[0]}.success_rate", "%"), "every target reached", at_least(1.0), f"{ATTACKS[0]}.png"),
+    Entry("D1", "targeted probability ascent, 4 photos", "attack_images", "targets reached, clean correct",
+          lambda run: _d1(run), "every clean prediction correct, every target reached", at_least(1.0),
+          f"{ATTACKS[0]}.png"),
     Entry("D2", "D1 under flip / crop / rotation / grayscale", "attack_images", "EOT targets reached",
           metric("d2_eot_momentum_margin.success_rate", "%"), figure="d2_eot_momentum_margin.png"),
     Entry("D3", "iterative FGSM to 99% confidence, 2 per class", "transfer_attack", "reached confidence",

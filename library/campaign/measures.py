@@ -20,6 +20,7 @@ class Measure:
     low: float | None = None
     high: float | None = None
     unit: str = ""  # "%" prints value × 100
+    detail: str = ""  # printed after the value (what else the number stands for)
 
     @property
     def text(self) -> str:
@@ -29,7 +30,7 @@ class Measure:
         text = f"{self.value * scale:.4g}{suffix}" if abs(self.value * scale) < 1e4 else f"{self.value:.3e}"
         if self.low is not None and self.high is not None:
             text += f" [{self.low * scale:.3g}, {self.high * scale:.3g}]"
-        return text
+        return f"{text} ({self.detail})" if self.detail else text
 
 
 Reader = Callable[[mlflow.entities.Run], Measure]

