@@ -25,7 +25,7 @@ def test_a_short_run_lowers_the_loss_and_reports_every_metric(tiny):
     history = result.history
     assert [m["epoch"] for m in history] == [1, 2, 3, 4] and [e for _, e in seen] == [1, 2, 3, 4]
     assert set(history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s",
-                               "epoch_s", "train_s", "threads"}
+                               "epoch_s", "train_s", "threads", "channels_last"}
     assert 0 < history[0]["train_s"] < history[-1]["train_s"]  # training seconds so far, cumulative
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1
     assert history[-1]["val_acc"] > 0.3  # templates under noise: far above chance (0.1) after a few steps
@@ -160,3 +160,20 @@ def test_threads_go_down_to_one_beside_processes_that_keep_every_core_busy():
         for spinner in spinners:
             spinner.kill()
         torch.set_num_threads(before)
+
+
+def test_a_long_cpu_run_times_both_memory_formats_on_a_copy_and_disturbs_nothing(tiny, monkeypatch):
+    from library.train import loop
+
+    cfg = TrainConfig(model="mish_cnn", **FAST)
+    model = build_model(cfg, tiny)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    short = loop._memory_format(cfg, model, tiny, torch.device("cpu"), total_steps=10)
+    chosen = loop._memory_format(cfg, model, tiny, torch.device("cpu"), total_steps=loop.CPU_FORMAT_TRIAL_STEPS)
+    assert short == torch.contiguous_format and chosen in (torch.contiguous_format, torch.channels_last)
+    assert torch.equal(torch.get_rng_state(), rng)  # the run's random stream is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    no = TrainConfig(model="mish_cnn", channels_last=False, **FAST)
+    assert loop._memory_format(no, model, tiny, torch.device("cpu"), 10**6) == torch.contiguous_format
