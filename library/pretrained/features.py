@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from ..config import Config, ConfigError
 from ..data.photos import PhotoDataset, PhotoSet
 from ..data.storage import data_root
-from ..runtime import UnreadableFileError, eval_mode, keep_freed_memory, pick_device, ray_init, remote_task
+from ..runtime import (UnreadableFileError, eval_mode, faster_memory_format, keep_freed_memory, pick_device,
+                       ray_init, remote_task)
 from .backbones import LITE0, Backbone, BackboneSpec, check_model_name
 from .weights_memo import BackboneFacts, backbone_facts, memo_path
 
@@ -104,6 +105,20 @@ def existing_entry(root: Path, key: str) -> CacheEntry | None:
     return entry if not entry.missing() else None
 
 
+_FORMATS: dict[tuple, torch.memory_format] = {}  # (model, weights, input shape) -> the faster, in this process
+
+
+def _inference_format(backbone: Backbone, x: torch.Tensor) -> torch.memory_format:
+    """The memory format the backbone's forward runs faster in on this CPU, timed once per process on the first
+    batch (channels_last took EfficientNet-Lite0 from 13.3 to 9.6 ms per image here; it is slower for some nets)."""
+    key = (backbone.name, backbone.weights_digest, tuple(x.shape[1:]))
+    if key not in _FORMATS:
+        model = backbone.model
+        _FORMATS[key] = faster_memory_format(
+            lambda fmt: model.to(memory_format=fmt).forward_features(x.contiguous(memory_format=fmt)))
+    return _FORMATS[key]
+
+
 @torch.no_grad()
 def extract(backbone: Backbone, photos: PhotoSet, index: range, batch_size: int = 64, workers: int = 0,
             device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -113,9 +128,14 @@ def extract(backbone: Backbone, photos: PhotoSet, index: range, batch_size: int 
     loader = torch.utils.data.DataLoader(PhotoDataset(photos, backbone.transform(), index), batch_size=batch_size,
                                          num_workers=workers, pin_memory=target.type == "cuda")
     features, labels = [], []
+    fmt = None  # on the CPU, chosen on the first batch; on a GPU contiguous (not measured there yet)
     with eval_mode(backbone.model.to(target)) as model:
         for x, y, _ in loader:
-            pooled = model.forward_head(model.forward_features(x.to(target, non_blocking=True)), pre_logits=True)
+            x = x.to(target, non_blocking=True)
+            if fmt is None:
+                fmt = _inference_format(backbone, x) if target.type == "cpu" else torch.contiguous_format
+                model.to(memory_format=fmt)
+            pooled = model.forward_head(model.forward_features(x.contiguous(memory_format=fmt)), pre_logits=True)
             features.append(F.normalize(pooled.float(), dim=1).cpu())
             labels.append(y)
     return torch.cat(features).numpy(), torch.cat(labels).numpy()

@@ -20,7 +20,7 @@ from torch import nn
 from ..adversarial.attacks import PGD
 from ..config import project
 from ..data import DeviceLoader, ImageData, ImageSet
-from ..runtime import CoreShare, keep_freed_memory, pick_device, seed_everything
+from ..runtime import CoreShare, faster_memory_format, keep_freed_memory, pick_device, seed_everything
 from .averaging import EMA, Lookahead
 from .evaluation import autocast, evaluate, robust_accuracy, sync
 from .recipe import TrainConfig, adopt_hyperparameters, build_model, make_optimizer, make_scheduler
@@ -115,25 +115,24 @@ def _memory_format(cfg: TrainConfig, model: nn.Module, data: ImageData, device: 
                    total_steps: int) -> torch.memory_format:
     """channels_last on CUDA. On the CPU it is faster for some networks and slower for others (measured here,
     a training step at 1 thread: ResNet 1.17× and airbench_cnn 1.28× faster, mish_cnn 1.33× slower), so a run
-    long enough to repay a few seconds times a step of each on a copy of the model (best of two, after a warm-up)
-    and keeps the faster; a short run stays contiguous."""
+    long enough to repay a few seconds times a step of each on a copy of the model and keeps the faster; a short
+    run stays contiguous."""
     if not cfg.channels_last or (device.type != "cuda" and total_steps < CPU_FORMAT_TRIAL_STEPS):
         return torch.contiguous_format
     if device.type == "cuda":
         return torch.channels_last
-    seconds: dict[torch.memory_format, list[float]] = {torch.contiguous_format: [], torch.channels_last: []}
     with torch.random.fork_rng(devices=[]):  # the trial steps draw nothing from the run's random streams
         x = torch.rand(cfg.batch_size, *data.image_shape, device=device)
         y = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
-        copies = {fmt: copy.deepcopy(model).to(memory_format=fmt).train() for fmt in seconds}
-        for _ in range(3):
-            for fmt, trial in copies.items():
-                start = time.perf_counter()
-                with autocast(device, cfg.amp):
-                    loss = nn.functional.cross_entropy(trial(x.contiguous(memory_format=fmt)).float(), y)
-                loss.backward()
-                seconds[fmt].append(time.perf_counter() - start)
-    return min(seconds, key=lambda fmt: min(seconds[fmt][1:]))
+        copies = {fmt: copy.deepcopy(model).to(memory_format=fmt).train()
+                  for fmt in (torch.contiguous_format, torch.channels_last)}
+
+        def step(fmt: torch.memory_format) -> None:
+            with autocast(device, cfg.amp):
+                loss = nn.functional.cross_entropy(copies[fmt](x.contiguous(memory_format=fmt)).float(), y)
+            loss.backward()
+
+        return faster_memory_format(step)
 
 
 def _setup(cfg: TrainConfig, data: ImageData, resume: dict[str, Any] | None) -> tuple[TrainState, _Run]:
