@@ -6,7 +6,8 @@ strength chosen on a validation split carved from trainval, refit on trainval, t
     python jobs/linear_probe.py --smoke-test
 
 Features come from the cache `jobs/extract_features.py` fills (computed first if missing, as Ray tasks). The
-probes of several backbones run as parallel Ray tasks. MLflow: a parent run with the comparison table
+probes of several backbones run as parallel Ray tasks; each result is remembered beside the features
+(`<cache>/probes/`), so a re-run with the same features and settings reads it back and starts neither Ray nor a fit. MLflow: a parent run with the comparison table
 (probes.csv) and, per pair of backbones, the test images one gets right and the other wrong, both ways
 (gallery and table); a child run per backbone with the mean per-class accuracy (the seed's metric), the overall
 accuracy, the chosen C and the validation curve, the per-class table and the confusion matrix.
@@ -31,7 +32,7 @@ from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.pretrained.features import Extraction, FeatureOptions, extract_features  # noqa: E402
 from library.plots import confusion_matrix_figure, image_gallery_figure  # noqa: E402
-from library.pretrained.probe import C_GRID, ProbeResult, linear_probe  # noqa: E402
+from library.pretrained.probe import C_GRID, ProbeResult, linear_probe, load_result, probe_key, save_result  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,27 @@ SMOKE = {"backbones": ["tf_efficientnet_lite0@none", "resnet18@none"], "limit": 
          "c_grid": [0.1, 10.0], "gallery_size": 4, "experiment": "linear_probe_smoke"}
 
 
+def probe_path(train: Extraction, test: Extraction, cfg: JobConfig) -> Path:
+    key = probe_key(train.entry.key, test.entry.key, tuple(cfg.c_grid), cfg.val_fraction, cfg.seed)
+    return train.entry.root / "probes" / f"{key}.npz"
+
+
 def probe_pair(train: Extraction, test: Extraction, cfg: JobConfig) -> ProbeResult:
+    """The probe of one backbone: fitted, or read back when these features were probed with these settings."""
+    path = probe_path(train, test, cfg)
+    remembered = load_result(path)
+    if remembered is not None:
+        return remembered
     train_x, train_y = train.entry.load()
     test_x, test_y = test.entry.load()
-    return linear_probe(train_x, train_y, test_x, test_y, train.photos.classes, tuple(cfg.c_grid),
-                        cfg.val_fraction, cfg.seed)
+    result = linear_probe(train_x, train_y, test_x, test_y, train.photos.classes, tuple(cfg.c_grid),
+                          cfg.val_fraction, cfg.seed)
+    save_result(path, result)
+    return result
 
 
 def run_probes(pairs: list[tuple[Extraction, Extraction]], cfg: JobConfig) -> list[ProbeResult]:
-    if not cfg.parallel or len(pairs) == 1:
+    if not cfg.parallel or len(pairs) == 1 or all(probe_path(*pair, cfg).is_file() for pair in pairs):
         return [probe_pair(train, test, cfg) for train, test in pairs]
     import ray
 
@@ -141,6 +154,7 @@ def main(cfg: JobConfig) -> dict:
     with tracking.start_run(cfg.experiment, run_name="linear_probe", config=cfg) as parent:
         extractions = extract_features(cfg)
         pairs = [(extractions[i], extractions[i + 1]) for i in range(0, len(extractions), 2)]  # (trainval, test)
+        cached = {train.spec.name: probe_path(train, test, cfg).is_file() for train, test in pairs}
         results = run_probes(pairs, cfg)
         named = [(train.spec.name, result) for (train, _), result in zip(pairs, results)]
         rows = []
@@ -150,10 +164,12 @@ def main(cfg: JobConfig) -> dict:
             mlflow.MlflowClient().set_terminated(child)
             rows.append({"backbone": name, "weights": train.spec.weights, "num_features": test.meta["num_features"],
                          "mean_per_class_acc": result.mean_per_class_acc, "acc": result.acc, "c": result.c,
-                         "features_cached": train.cache_hit and test.cache_hit, "run_id": child})
+                         "features_cached": train.cache_hit and test.cache_hit,
+                         "probe_remembered": cached[name], "run_id": child})
             mlflow.log_metric(f"{name}.mean_per_class_acc", result.mean_per_class_acc)
             print(f"{name}: mean per-class accuracy {result.mean_per_class_acc:.4f}, accuracy {result.acc:.4f} "
-                  f"(C = {result.c:g}, {len(test.photos)} test images)")
+                  f"(C = {result.c:g}, {len(test.photos)} test images"
+                  + (", probe read back from the cache)" if cached[name] else ")"))
         table = pd.DataFrame(rows)
         client = mlflow.MlflowClient()
         client.log_text(parent.info.run_id, table.to_csv(index=False), "probes.csv")

@@ -51,3 +51,21 @@ def test_validation_split_is_stratified_and_disjoint():
     train, val = stratified_split(labels, 0.2, seed=0)
     assert not set(train) & set(val) and len(train) + len(val) == len(labels)
     assert np.bincount(labels[val]).tolist() == [2, 4, 1]
+
+
+def test_a_probe_result_is_remembered_whole_and_keyed_by_everything_it_follows_from(tmp_path):
+    from library.pretrained.probe import ProbeResult, load_result, probe_key, save_result
+
+    result = ProbeResult(10.0, {1.0: 0.5, 10.0: 0.75}, 0.8, 0.82, np.array([0.7, 0.9]), np.array([[7, 3], [1, 9]]),
+                         np.array([0, 1, 1]), ("cat", "dog"))
+    save_result(tmp_path / "p.npz", result)
+    back = load_result(tmp_path / "p.npz")
+    assert (back.c, back.val_scores, back.mean_per_class_acc, back.acc, back.classes) == \
+        (10.0, {1.0: 0.5, 10.0: 0.75}, 0.8, 0.82, ("cat", "dog"))
+    assert all(np.array_equal(getattr(back, k), getattr(result, k))
+               for k in ("per_class_acc", "confusion", "test_predictions"))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "p.npz").read_bytes()[:100])
+    assert load_result(tmp_path / "cut.npz") is None and load_result(tmp_path / "none.npz") is None  # fit again
+    base = probe_key("train", "test", (1.0, 10.0), 0.2, 0)
+    assert len({base, probe_key("train2", "test", (1.0, 10.0), 0.2, 0), probe_key("train", "test", (1.0,), 0.2, 0),
+                probe_key("train", "test", (1.0, 10.0), 0.3, 0), probe_key("train", "test", (1.0, 10.0), 0.2, 1)}) == 5

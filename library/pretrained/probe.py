@@ -2,11 +2,19 @@
 
 The objective is scikit-learn's `LogisticRegression(C=C)` (multinomial, L2 on the weights, not the bias):
 C · Σᵢ CE(xᵢ) + ½‖W‖², minimised to convergence with full-batch L-BFGS in torch (convex, so the optimum is
-the same; it runs on the GPU when there is one). The seed's metric is the mean per-class accuracy.
+the same; it runs on the GPU when there is one). The seed's metric is the mean per-class accuracy. A probe's
+result is remembered beside the features it was fitted on (`probe_key`), so a re-run of a probe job costs
+nothing but reading it back.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -116,3 +124,38 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     return ProbeResult(best, scores, mean_per_class_accuracy(test_y, predicted, k), float((predicted == test_y).mean()),
                        per_class_accuracy(test_y, predicted, k), confusion_matrix(test_y, predicted, k), predicted,
                        tuple(classes))
+
+
+PROBE_VERSION = 1  # part of every remembered probe's key: raise it when the objective or the choice of C changes
+
+
+def probe_key(train_features: str, test_features: str, c_grid: tuple[float, ...], val_fraction: float,
+              seed: int) -> str:
+    """What a probe's result follows from: the two feature-cache keys and the probe's own settings."""
+    identity = {"train": train_features, "test": test_features, "c_grid": [float(c) for c in c_grid],
+                "val_fraction": val_fraction, "seed": seed, "version": PROBE_VERSION}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def save_result(path: Path, result: ProbeResult) -> None:
+    """The result as one .npz of plain arrays (no pickle), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scalars = {"c": result.c, "mean_per_class_acc": result.mean_per_class_acc, "acc": result.acc}
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+        np.savez(f, scalars=np.array(json.dumps(scalars)), val_c=np.array(list(result.val_scores)),
+                 val_score=np.array(list(result.val_scores.values())), per_class_acc=result.per_class_acc,
+                 confusion=result.confusion, test_predictions=result.test_predictions,
+                 classes=np.array(result.classes, dtype=str))
+    os.replace(f.name, path)
+
+
+def load_result(path: Path) -> ProbeResult | None:
+    """A remembered result, or None when there is none (or it cannot be read: the probe then runs again)."""
+    try:
+        with np.load(path) as saved:
+            scalars = json.loads(str(saved["scalars"]))
+            return ProbeResult(scalars["c"], dict(zip(saved["val_c"].tolist(), saved["val_score"].tolist())),
+                               scalars["mean_per_class_acc"], scalars["acc"], saved["per_class_acc"],
+                               saved["confusion"], saved["test_predictions"], tuple(saved["classes"].tolist()))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
