@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import functools
 import logging
+import math
 import os
 import platform
 import pickle
@@ -115,7 +116,9 @@ class CoreShare:
         now = self._sample()
         others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / (now[0] - self.last[0])
         self.last = now
-        threads = max(1, min(self.most, round(len(self.cpus) - others)))
+        # a thread less for each core others keep at least three-quarters busy: Ray's and Tune's own processes
+        # (a few tenths of a core) cost no thread, a process spinning on a core does
+        threads = max(1, min(self.most, len(self.cpus) - math.floor(others + 0.25)))
         if threads != self.threads:
             torch.set_num_threads(threads)
             self.threads = threads
