@@ -3,7 +3,8 @@
 The data set is moved to the device once. Each epoch it is visited in a fresh random order, a chunk of several
 thousand images at a time: the chunk is drawn and augmented as uint8 (crops and flips are exact there), then
 cut into batches that are converted to float [0, 1]. Normalisation is not done here: every model in the
-registry normalises its [0, 1] input itself.
+registry normalises its [0, 1] input itself. On the CPU the loader keeps torch's thread count to the cores other
+processes leave free (`runtime.CoreShare`), for its own augmentation and for the training steps between batches.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Iterator
 
 import torch
 
+from ..runtime import CoreShare
 from .augment import Augment
 from .images import ImageSet
 
@@ -43,6 +45,7 @@ class DeviceLoader:
         self.drop_last = drop_last and len(data) >= batch_size  # never yield nothing
         self.generator = generator or torch.Generator(device=self.device).manual_seed(0)
         self._draw = augment.bind(data.images) if augment is not None else lambda index, g: data.images[index]
+        self.cores = CoreShare() if self.device.type == "cpu" else None
 
     def __len__(self) -> int:
         n, b = len(self.data), self.batch_size
@@ -62,5 +65,7 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self._chunks():
             for start in range(0, len(labels), self.batch_size):
+                if self.cores is not None:
+                    self.cores.adjust()  # cheap: it measures at most every few seconds
                 x = images[start : start + self.batch_size]
                 yield x.to(torch.float32).mul_(1 / 255), labels[start : start + self.batch_size]  # 10× .div_(255)

@@ -20,7 +20,7 @@ from torch import nn
 from ..adversarial.attacks import PGD
 from ..config import project
 from ..data import DeviceLoader, ImageData, ImageSet
-from ..runtime import CoreShare, faster_memory_format, keep_freed_memory, pick_device, seed_everything
+from ..runtime import faster_memory_format, keep_freed_memory, pick_device, seed_everything
 from .averaging import EMA, Lookahead
 from .evaluation import autocast, evaluate, robust_accuracy, sync
 from .recipe import TrainConfig, adopt_hyperparameters, build_model, make_optimizer, make_scheduler
@@ -105,7 +105,6 @@ class _Run:
     total_steps: int
     adversary: PGD | None
     recorder: StepRecorder | None
-    cores: CoreShare | None  # on the CPU: threads kept to the cores other processes leave free
 
 
 CPU_FORMAT_TRIAL_STEPS = 400  # a CPU run at least this long first times which memory format trains faster
@@ -160,8 +159,7 @@ def _setup(cfg: TrainConfig, data: ImageData, resume: dict[str, Any] | None) -> 
         adopt_hyperparameters(cfg, model, optimizer, scheduler)
     run = _Run(device, memory_format, loader, data.val.to(device),
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), total_steps,
-               cfg.adversary(model, generator), StepRecorder(model) if cfg.log_steps else None,
-               CoreShare() if device.type == "cpu" else None)
+               cfg.adversary(model, generator), StepRecorder(model) if cfg.log_steps else None)
     return state, run
 
 
@@ -176,8 +174,6 @@ def _train_epoch(cfg: TrainConfig, state: TrainState, run: _Run) -> tuple[float,
     for x, y in run.loader:
         if state.step >= run.total_steps:  # a step budget ends part-way through the last epoch
             break
-        if run.cores is not None:
-            run.cores.adjust()
         x = x.contiguous(memory_format=run.memory_format)
         with autocast(run.device, cfg.amp):
             if run.adversary is not None:  # the attack runs in eval mode (BN's running statistics), restores train
@@ -218,7 +214,7 @@ def _epoch_metrics(cfg: TrainConfig, state: TrainState, run: _Run, train_loss: f
     so_far = state.history[-1].get("train_s", 0.0) if state.history else 0.0
     metrics = {"epoch": state.epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": state.optimizer.param_groups[0]["lr"], "images_per_s": seen / train_s,
-               "train_s": so_far + train_s, "threads": run.cores.threads if run.cores else torch.get_num_threads(),
+               "train_s": so_far + train_s, "threads": torch.get_num_threads(),
                "channels_last": float(run.memory_format == torch.channels_last)}
     if cfg.robust_eps and len(run.val_set):
         metrics["val_robust_acc"] = robust
