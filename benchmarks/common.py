@@ -5,12 +5,16 @@ rounds and reports medians and the ratio of medians, never a single absolute tim
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -57,3 +61,32 @@ def save(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}-{slug}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def busy_cores(n: int) -> Iterator[None]:
+    """`n` other processes spinning on the CPU for the block's duration: a machine shared with another job."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+@contextlib.contextmanager
+def threads(count: str) -> Iterator[None]:
+    """Torch's thread count for the block: "auto" (the loader's governor, `runtime.CoreShare`) or a fixed number,
+    as a user sets it ($CV_THREADS)."""
+    from library.runtime import THREADS_ENV
+
+    before = os.environ.get(THREADS_ENV)
+    os.environ[THREADS_ENV] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[THREADS_ENV]
+        else:
+            os.environ[THREADS_ENV] = before

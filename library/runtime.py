@@ -81,18 +81,28 @@ def malloc_env() -> dict[str, str]:
     return {"GLIBC_TUNABLES": own if tunables in own else ":".join(filter(None, (own, tunables)))}
 
 
+THREADS_ENV = "CV_THREADS"  # "auto" (the default: CoreShare decides) or a fixed torch thread count
+
+
 class CoreShare:
-    """torch's thread count kept to the cores other processes leave this one, re-measured every `every_s` seconds:
-    the busy time of this process's CPUs (/proc/stat) less its own CPU time. OpenMP's threads wait for each other
-    at the end of every parallel region, so with one of them sharing a core with another busy process each region
-    waits for that thread's next time slice: A1 trained at 27 images/s on 2 threads beside a busy process and at
-    42-62 on 1. Never above the count it started with (what Ray reserved, or all cores); Linux only."""
+    """torch's thread count kept to the cores other processes leave this one, measured after a second, then every
+    `every_s` seconds: the busy time of this process's CPUs (/proc/stat) less its own CPU time (coarse at 100
+    ticks a second, but enough to tell a busy core). OpenMP's threads wait for each other at the end of every
+    parallel region, so with one of them sharing a core with another busy process each region waits for that
+    thread's next time slice: A1 trained at 27 images/s on 2 threads beside a busy process and at 42-62 on 1.
+    Never above the count it started with (what Ray reserved, or all cores); Linux only. $CV_THREADS=N fixes the
+    count instead."""
 
     def __init__(self, every_s: float = 5.0):
+        fixed = os.environ.get(THREADS_ENV, "auto")
+        if fixed != "auto":  # the user's fixed count: set once, never adjusted
+            if not fixed.isdigit() or int(fixed) < 1:
+                raise ConfigError(f"{THREADS_ENV}={fixed!r}: give a thread count (1, 2, ...) or auto")
+            torch.set_num_threads(int(fixed))
         self.most = self.threads = torch.get_num_threads()
         self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-        self.every_s = every_s
-        self.last = self._sample()
+        self.every_s, self.wait_s = every_s, min(1.0, every_s)  # the first look after a second
+        self.last = self._sample() if fixed == "auto" else None
 
     def _sample(self) -> tuple[float, float, float] | None:
         """(now, busy seconds of this process's CPUs, this process's CPU seconds), None where unreadable."""
@@ -110,10 +120,10 @@ class CoreShare:
         return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), me.ru_utime + me.ru_stime
 
     def adjust(self) -> int:
-        """Call it often (it measures at most every `every_s`); returns the thread count now in use."""
-        if self.last is None or self.most == 1 or time.monotonic() - self.last[0] < self.every_s:
+        """Call it often (it measures at most once a second); returns the thread count now in use."""
+        if self.last is None or self.most == 1 or time.monotonic() - self.last[0] < self.wait_s:
             return self.threads
-        now = self._sample()
+        now, self.wait_s = self._sample(), self.every_s
         others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / (now[0] - self.last[0])
         self.last = now
         # a thread less for each core others keep at least three-quarters busy: Ray's and Tune's own processes

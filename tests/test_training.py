@@ -177,3 +177,19 @@ def test_a_long_cpu_run_times_both_memory_formats_on_a_copy_and_disturbs_nothing
     assert all(p.grad is None for p in model.parameters())
     no = TrainConfig(model="mish_cnn", channels_last=False, **FAST)
     assert loop._memory_format(no, model, tiny, torch.device("cpu"), 10**6) == torch.contiguous_format
+
+
+def test_a_fixed_thread_count_is_set_once_and_never_adjusted(monkeypatch):
+    from library.config import ConfigError
+    from library.runtime import THREADS_ENV, CoreShare
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(THREADS_ENV, "1")
+        share = CoreShare(every_s=0)
+        assert torch.get_num_threads() == 1 and share.last is None and share.adjust() == 1
+        monkeypatch.setenv(THREADS_ENV, "two")
+        with pytest.raises(ConfigError, match="CV_THREADS='two'"):
+            CoreShare()
+    finally:
+        torch.set_num_threads(before)
