@@ -7,10 +7,11 @@ strength chosen on a validation split carved from trainval, refit on trainval, t
 
 Features come from the cache `jobs/extract_features.py` fills (computed first if missing, as Ray tasks). The
 probes of several backbones run as parallel Ray tasks; each result is remembered beside the features
-(`<cache>/probes/`), so a re-run with the same features and settings reads it back and starts neither Ray nor a fit. MLflow: a parent run with the comparison table
-(probes.csv) and, per pair of backbones, the test images one gets right and the other wrong, both ways
-(gallery and table); a child run per backbone with the mean per-class accuracy (the seed's metric), the overall
-accuracy, the chosen C and the validation curve, the per-class table and the confusion matrix.
+(`<cache>/probes/`), so a re-run with the same features and settings reads it back and starts neither Ray nor a
+fit. MLflow: a parent run with the comparison table (probes.csv) and, per pair of backbones, the test images one
+gets right and the other wrong, both ways (gallery and table); a child run per backbone with the mean per-class
+accuracy (the seed's metric), the overall accuracy, the chosen C and the validation curve, the per-class table
+and the confusion matrix.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.pretrained.features import Extraction, FeatureOptions, extract_features  # noqa: E402
 from library.plots import confusion_matrix_figure, image_gallery_figure  # noqa: E402
-from library.pretrained.probe import C_GRID, ProbeResult, linear_probe, load_result, probe_key, save_result  # noqa: E402
+from library.pretrained.probe import (C_GRID, ProbeResult, linear_probe, load_result, probe_key,  # noqa: E402
+                                      save_result)
 
 
 @dataclass(frozen=True)

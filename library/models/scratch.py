@@ -16,9 +16,13 @@ reads the row i·Wp + j further on, so
 
 is kh·kw matrix products, each over a contiguous slice of the same rows (no copy), accumulated in place into
 the output computed over the padded grid (its border rows are discarded: (Hp·Wp)/(H·W) extra work, 13% on a
-32² CIFAR map). The rows go in blocks of 4,096, every tap adding to one block while it is still in cache. The backward pass is the same kh·kw slices: ∂L/∂x_rows[p + off] += ∂L/∂y_rows[p] · W_ij and
-∂L/∂W_ij = Σₚ ∂L/∂y_rows[p]ᵀ · x_rows[p + off]. Nothing kh·kw times the input is ever built, so the peak memory is
-the built-in's order, and each product is a plain GEMM (benchmarks/scratch_conv.py measures both paths).
+32² CIFAR map). The rows go in blocks of 4,096, every tap adding to one block while it is still in cache. The
+backward pass is the same kh·kw slices:
+
+    ∂L/∂x_rows[p + off] += ∂L/∂y_rows[p] · W_ij          ∂L/∂W_ij = Σₚ ∂L/∂y_rows[p]ᵀ · x_rows[p + off]
+
+Nothing kh·kw times the input is ever built, so the peak memory is the built-in's order, and each product is a
+plain GEMM (benchmarks/scratch_conv.py measures both paths).
 
 Only the input, never its columns, is saved for backward; the im2col path rebuilds its columns there (the
 columns are kh·kw times the input's size, so keeping them would multiply the memory a conv holds between
