@@ -1,5 +1,5 @@
 """Convolution and max-pooling written from scratch (experiment B1): no `nn.Conv2d`, `F.conv2d`, `nn.MaxPool2d`
-or `F.max_pool2d` anywhere below, only `unfold`/`fold` and matrix products.
+or `F.max_pool2d` anywhere below, only `unfold`/`fold`, slices and matrix products.
 
 A convolution is a matrix product once the input is unrolled into patches ("im2col"): unfolding turns an
 (N, C, H, W) image into (N, C·kh·kw, L) columns, one per output position, and the weight (O, C, kh, kw) becomes
