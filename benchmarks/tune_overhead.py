@@ -26,7 +26,7 @@ from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import Config as BaseConfig  # noqa: E402
 from library.data import load_cifar10  # noqa: E402
-from library.runtime import pick_device  # noqa: E402
+from library.runtime import pick_device, ray_init  # noqa: E402
 from library.search.space import SearchSpace  # noqa: E402
 from library.train.loop import train  # noqa: E402
 from library.train.recipe import TrainConfig  # noqa: E402
@@ -60,7 +60,7 @@ def with_tune(space: SearchSpace, data, round_: int) -> dict[str, float]:
                             num_samples=1, max_concurrent=1, cpus_per_trial=2)
         start = time.perf_counter()
         tracking.connect()
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray_init("local", num_cpus=2, include_dashboard=False)  # as a job starts it (the workers' environment)
         ray_started = time.perf_counter()
         outcome = run_sweep(opts, space, data, experiment="overhead")
         end = time.perf_counter()

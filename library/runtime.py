@@ -173,8 +173,9 @@ def git_sha() -> str:
         return "unknown"
 
 
-def ray_init(address: str = "") -> None:
-    """Connect to `address`, $RAY_ADDRESS (set by `ray job submit`), or start a local Ray."""
+def ray_init(address: str = "", **options: Any) -> None:
+    """Connect to `address`, $RAY_ADDRESS (set by `ray job submit`), or start a local Ray (`options`: more of
+    `ray.init`'s arguments, e.g. num_cpus for a local one)."""
     import ray
 
     # Ray 2.60 warns on every start that token authentication is on; the README says how the token is used
@@ -182,7 +183,7 @@ def ray_init(address: str = "") -> None:
     if not ray.is_initialized():
         # every worker of this job starts with the allocator setting the driver uses (trials, tasks, actors)
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
-                 runtime_env={"env_vars": {GIT_SHA_ENV: git_sha(), **malloc_env()}})
+                 runtime_env={"env_vars": {GIT_SHA_ENV: git_sha(), **malloc_env()}}, **options)
         stop_on_sigterm()  # again: Ray's core worker installs its own SIGTERM handler, which aborts the driver
 
 
