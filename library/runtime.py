@@ -47,9 +47,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc mallopt() parameters (malloc.h)
+# the same three as glibc tunables, for a process's environment: (name, value), applied in this order
+_MALLOC_TUNABLES = (("glibc.malloc.mmap_max", 0), ("glibc.malloc.trim_threshold", 2**30),
+                    ("glibc.malloc.arena_max", 1))
 MALLOC_TUNING_ENV = "CV_GLIBC_MALLOC_TUNING"
 _malloc_tuned = False
+
+
+def _malloc_tuning_applies() -> bool:
+    return os.environ.get(MALLOC_TUNING_ENV, "1") != "0" and platform.libc_ver()[0] == "glibc"
 
 
 def keep_freed_memory() -> bool:
@@ -59,26 +66,32 @@ def keep_freed_memory() -> bool:
     mmap, unmapped again on free, so each training step page-faults it all back in zero-filled: measured here,
     ~5 million minor faults and a third of the CPU time in the kernel per epoch of 8k CIFAR images, and 550-760
     instead of 900 images/s. The fix CPU-training guides give is a preloaded jemalloc/tcmalloc; this is the same
-    effect with no preload. Once per process, Linux/glibc only; CV_GLIBC_MALLOC_TUNING=0 turns it off.
-    Returns whether it is in effect."""
+    effect with no preload. A thread other than the main one gets an arena of its own, which hands freed memory
+    back whatever the settings (madvise), so there is one arena: Tune runs a function trainable in a thread, and
+    training there took 1.8 million faults and 1.2x the time per epoch with a second arena, none with one. The
+    arena limit holds only for arenas not yet made, hence `malloc_env` for the processes this one starts. Once
+    per process, Linux/glibc only; CV_GLIBC_MALLOC_TUNING=0 turns it off. Returns whether it is in effect."""
     global _malloc_tuned
     if _malloc_tuned:
         return True
-    if os.environ.get(MALLOC_TUNING_ENV, "1") == "0" or platform.libc_ver()[0] != "glibc":
+    if not _malloc_tuning_applies():
         return False
     libc = ctypes.CDLL("libc.so.6")
-    _malloc_tuned = bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
+    _malloc_tuned = bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**30)
+                         and libc.mallopt(_M_ARENA_MAX, 1))
     return _malloc_tuned
 
 
 def malloc_env() -> dict[str, str]:
     """`keep_freed_memory()` as glibc tunables, for the environment of processes this one starts (Ray's workers):
-    there it is in effect from their first allocation. Empty where it is turned off or the libc is not glibc."""
-    if os.environ.get(MALLOC_TUNING_ENV, "1") == "0" or platform.libc_ver()[0] != "glibc":
+    there it is in effect from their first allocation, in every thread. A user's own GLIBC_TUNABLES come first
+    and a setting they made is not overridden. Empty where it is turned off or the libc is not glibc."""
+    if not _malloc_tuning_applies():
         return {}
-    tunables = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={2**30}"
-    own = os.environ.get("GLIBC_TUNABLES", "")  # a user's own tunables are kept, ours appended
-    return {"GLIBC_TUNABLES": own if tunables in own else ":".join(filter(None, (own, tunables)))}
+    own = os.environ.get("GLIBC_TUNABLES", "")
+    theirs = {item.split("=")[0] for item in own.split(":") if item}
+    ours = [f"{name}={value}" for name, value in _MALLOC_TUNABLES if name not in theirs]
+    return {"GLIBC_TUNABLES": ":".join(filter(None, (own, *ours)))}
 
 
 THREADS_ENV = "CV_THREADS"  # "auto" (the default: CoreShare decides) or a fixed torch thread count

@@ -152,9 +152,10 @@ def test_workers_get_the_allocator_setting_in_their_environment_unless_turned_of
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("CV_GLIBC_MALLOC_TUNING", raising=False)
     ours = malloc_env()["GLIBC_TUNABLES"]
-    assert ours == "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # a user's own setting is kept
-    assert malloc_env()["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{ours}"
+    assert ours == "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # a user's own setting is kept, not overridden
+    assert malloc_env()["GLIBC_TUNABLES"] == ("glibc.malloc.arena_max=2:glibc.malloc.mmap_max=0:"
+                                              "glibc.malloc.trim_threshold=1073741824")
     monkeypatch.setenv("GLIBC_TUNABLES", ours)  # and not repeated when it is already there
     assert malloc_env()["GLIBC_TUNABLES"] == ours
     monkeypatch.setenv("CV_GLIBC_MALLOC_TUNING", "0")

@@ -11,10 +11,14 @@ from library.models import Conv2d, MaxPool2d, conv2d, create_model, max_pool2d
 
 def _conv_case(seed: int, unit_stride: bool = False) -> dict:
     """A random conv problem: shapes, (possibly non-square) kernel, per-axis stride and padding, bias or not.
-    `unit_stride`: stride 1 over at least 2 channels, the shapes that take the shifted-GEMM path."""
+    `unit_stride`: stride 1 over at least 2 channels, padding narrower than the kernel: the shapes that take the
+    shifted-GEMM path."""
     rng = random.Random(seed)
     kh, kw = rng.randint(1, 5), rng.randint(1, 5)
-    ph, pw = rng.randint(0, 2), rng.randint(0, 2)
+    if unit_stride:
+        ph, pw = rng.randint(0, min(2, kh - 1)), rng.randint(0, min(2, kw - 1))
+    else:
+        ph, pw = rng.randint(0, 2), rng.randint(0, 2)
     return {
         "x": (rng.randint(1, 3), rng.randint(2 if unit_stride else 1, 4), rng.randint(max(kh - 2 * ph, 1), 11),
               rng.randint(max(kw - 2 * pw, 1), 11)),
@@ -51,6 +55,22 @@ def test_conv2d_matches_pytorch_in_values_and_every_gradient(seed, unit_stride):
     upstream = torch.randn_like(ref)
     for mine, theirs in zip(_grads(ours, upstream, x, w, b), _grads(ref, upstream, x, w, b)):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_shifted_path_is_exact_across_row_blocks(monkeypatch):
+    """Blocks of 7 rows: every block boundary falls somewhere inside an image, a row or a gap."""
+    from library.models import scratch
+
+    monkeypatch.setattr(scratch, "_BLOCK_ROWS", 7)
+    for seed in range(4):
+        case = _conv_case(200 + seed, unit_stride=True)
+        x, w, b = _leaves(case, seed)
+        ours = conv2d(x, w, b, 1, case["padding"])
+        ref = F.conv2d(x, w, b, 1, case["padding"])
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        upstream = torch.randn_like(ref)
+        for mine, theirs in zip(_grads(ours, upstream, x, w, b), _grads(ref, upstream, x, w, b)):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("unit_stride", [False, True], ids=["any", "shifted"])

@@ -9,24 +9,26 @@ an (O, C·kh·kw) matrix, so  y = W · cols  (+ bias).  The backward pass is two
     ∂L/∂cols = Wᵀ · ∂L/∂y, then `F.fold` sums the overlapping patches back into ∂L/∂x
 
 That is the general path ("im2col"). A stride-1 convolution over more than one channel takes a cheaper one
-("shifted GEMMs"): with the zero-padded input laid out as rows of channels, (N·Hp·Wp, C), the kernel tap (i, j)
-reads the row i·Wp + j further on, so
+("shifted GEMMs"). Lay the input out as rows of channels, (rows, C), on a grid of pitch w + g: each image row
+is followed by g zero columns and each image by g zero rows, g being the padding (or what the kernel reaches past
+the image, if more). One gap serves as the bottom (right) padding of what comes before it and the top (left)
+padding of what comes after, so a same-padded 7² map takes 8² grid positions, not 9². The kernel tap (a, b) of
+the output at grid position q then reads the row q + a·pitch + b, and
 
-    y_rows[p] = Σᵢⱼ x_rows[p + i·Wp + j] · W[:, :, i, j]ᵀ
+    y_rows[q] = Σ_ab x_rows[q + a·pitch + b] · W[:, :, a, b]ᵀ
 
-is kh·kw matrix products, each over a contiguous slice of the same rows (no copy), accumulated in place into
-the output computed over the padded grid (its border rows are discarded: (Hp·Wp)/(H·W) extra work, 13% on a
-32² CIFAR map). The rows go in blocks of 4,096, every tap adding to one block while it is still in cache. The
-backward pass is the same kh·kw slices:
-
-    ∂L/∂x_rows[p + off] += ∂L/∂y_rows[p] · W_ij          ∂L/∂W_ij = Σₚ ∂L/∂y_rows[p]ᵀ · x_rows[p + off]
+is kh·kw matrix products, each over a contiguous slice of the same rows (no copy), accumulated in place. Grid
+positions that are not outputs are computed too and discarded (the gaps: 6-31% of the work at the sizes here).
+The rows go in blocks of 4,096, every tap adding to one block while it is still in cache. The backward pass is
+the same products: ∂L/∂x is a forward pass of ∂L/∂y (zero off the outputs, shifted by the kernel's reach) with
+the kernel flipped and transposed, and ∂L/∂W_ab = Σ_q x_rows[q + a·pitch + b]ᵀ · ∂L/∂y_rows[q].
 
 Nothing kh·kw times the input is ever built, so the peak memory is the built-in's order, and each product is a
 plain GEMM (benchmarks/scratch_conv.py measures both paths).
 
-Only the input, never its columns, is saved for backward; the im2col path rebuilds its columns there (the
-columns are kh·kw times the input's size, so keeping them would multiply the memory a conv holds between
-forward and backward by 9 for a 3×3 kernel, 25 for a 5×5 one).
+The shifted path keeps its input rows for backward (the input plus its gaps); the im2col path keeps only the
+input and rebuilds its columns there (the columns are kh·kw times the input's size, so keeping them would
+multiply the memory a conv holds between forward and backward by 9 for a 3×3 kernel, 25 for a 5×5 one).
 
 `Conv2d` and `MaxPool2d` are drop-in replacements for the built-ins: same constructor arguments, same
 parameter names, shapes and initialisation, so state dicts move between them.
@@ -34,6 +36,7 @@ parameter names, shapes and initialisation, so state dicts move between them.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -106,72 +109,123 @@ class _Conv2dFunction(torch.autograd.Function):
 _BLOCK_ROWS = 4096  # output rows per block: a block's output stays in cache while every tap adds to it
 
 
-def _tap_blocks(m: int, kw: int, wp: int, taps: torch.Tensor):
-    """(start, end, offset, tap (C, O)) for every block of the first `m` output rows and every kernel tap."""
-    kh = taps.shape[0]
-    for start in range(0, m, _BLOCK_ROWS):
-        end = min(start + _BLOCK_ROWS, m)
-        for i in range(kh):
-            for j in range(kw):
-                yield start, end, i * wp + j, taps[i, j]
+@dataclass(frozen=True)
+class _Grid:
+    """Where a stride-1 conv's input and outputs sit in the rows layout of the module docstring."""
+
+    n: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    ph: int
+    pw: int
+
+    @property
+    def gaps(self) -> tuple[int, int]:  # zero rows after each image, zero columns after each image row
+        return max(self.ph, self.kh - 1 - self.ph), max(self.pw, self.kw - 1 - self.pw)
+
+    @property
+    def pitch(self) -> int:
+        return self.w + self.gaps[1]
+
+    @property
+    def slot(self) -> int:  # grid positions per image
+        return (self.h + self.gaps[0]) * self.pitch
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return _out_size(self.h, self.kh, 1, self.ph), _out_size(self.w, self.kw, 1, self.pw)
+
+    @property
+    def reach(self) -> int:  # how far past an output position its last tap reads
+        return (self.kh - 1) * self.pitch + self.kw - 1
+
+    @property
+    def offsets(self) -> list[int]:  # each tap's row offset, in (a, b) order
+        return [a * self.pitch + b for a in range(self.kh) for b in range(self.kw)]
+
+    @property
+    def outputs(self) -> int:  # grid positions up to the last output
+        (gh, gw), (h_out, w_out) = self.gaps, self.out_size
+        last = ((self.n - 1) * (self.h + gh) + gh - self.ph + h_out - 1) * self.pitch + gw - self.pw + w_out - 1
+        return last + 1
+
+    def input_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (rows, C): the input on the grid, zero in the gaps, with a gap's worth of rows more
+        for the last image's taps to read."""
+        gh, gw = self.gaps
+        rows = x.new_zeros(self.n * self.slot + (gh + 1) * self.pitch, x.shape[1])
+        self.images(rows, gh, gw, self.h, self.w).copy_(x.permute(0, 2, 3, 1))
+        return rows
+
+    def images(self, rows: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
+        """The (N, h, w, channels) view of `rows` at rows `top`.., columns `left`.. of each image's slot."""
+        slots = rows[:self.n * self.slot].view(self.n, self.h + self.gaps[0], self.pitch, rows.shape[1])
+        return slots[:, top:top + h, left:left + w]
+
+    def output_view(self, out: torch.Tensor) -> torch.Tensor:
+        """The (N, H_out, W_out, O) outputs among the grid positions `out`."""
+        (gh, gw), (h_out, w_out) = self.gaps, self.out_size
+        return self.images(out, gh - self.ph, gw - self.pw, h_out, w_out)
 
 
-def _padded_rows(x: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
-    """(N, C, H, W) -> the zero-padded image as rows of channels, (N·Hp·Wp, C)."""
-    n, c, h, w = x.shape
-    ph, pw = padding
-    rows = x.new_zeros(n, h + 2 * ph, w + 2 * pw, c)
-    rows[:, ph:ph + h, pw:pw + w] = x.permute(0, 2, 3, 1)
-    return rows.view(-1, c)
+def _shifted_products(src: torch.Tensor, taps: torch.Tensor, offsets: list[int], count: int, out: torch.Tensor,
+                      bias: torch.Tensor | None = None) -> None:
+    """out[q] = bias + Σ_t src[q + offsets[t]] · taps[t] for q < count, a block of rows at a time."""
+    for start in range(0, count, _BLOCK_ROWS):
+        end = min(start + _BLOCK_ROWS, count)
+        block = out[start:end]
+        first = src[start + offsets[0]:end + offsets[0]]
+        if bias is None:
+            torch.mm(first, taps[0], out=block)
+        else:
+            torch.addmm(bias, first, taps[0], out=block)
+        for off, tap in zip(offsets[1:], taps[1:]):
+            block.addmm_(src[start + off:end + off], tap)
 
 
 class _ShiftedConv2dFunction(torch.autograd.Function):
-    """A stride-1 conv2d as kh·kw GEMMs over shifted slices of the padded input's rows (module docstring)."""
+    """A stride-1 conv2d as kh·kw GEMMs over shifted slices of the input's rows (module docstring)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, weight, bias, padding: tuple[int, int]):
-        n, _, h, w = x.shape
         out_chans, _, kh, kw = weight.shape
-        hp, wp = h + 2 * padding[0], w + 2 * padding[1]
-        rows = _padded_rows(x, padding)
-        taps = weight.permute(2, 3, 1, 0).contiguous()  # (kh, kw, C, O)
-        m = rows.shape[0] - (kh - 1) * wp - (kw - 1)  # grid positions every tap can reach: all the real outputs
-        out = x.new_zeros(n * hp * wp, out_chans)
-        if bias is not None:
-            out += bias
-        for start, end, off, tap in _tap_blocks(m, kw, wp, taps):
-            out[start:end].addmm_(rows[start + off:end + off], tap)
-        ctx.save_for_backward(x, taps)
-        ctx.has_bias, ctx.padding = bias is not None, padding
-        return out.view(n, hp, wp, out_chans)[:, :hp - kh + 1, :wp - kw + 1].permute(0, 3, 1, 2).contiguous()
+        grid = _Grid(x.shape[0], x.shape[2], x.shape[3], kh, kw, *padding)
+        rows = grid.input_rows(x)
+        taps = weight.permute(2, 3, 1, 0).reshape(kh * kw, -1, out_chans)  # (kh·kw, C, O), tap by tap
+        out = x.new_empty(max(grid.n * grid.slot, grid.outputs), out_chans)  # discarded positions stay garbage
+        _shifted_products(rows, taps, grid.offsets, grid.outputs, out, bias)
+        ctx.save_for_backward(rows, taps)
+        ctx.grid, ctx.has_bias = grid, bias is not None
+        return grid.output_view(out).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
     @once_differentiable
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x, taps = ctx.saved_tensors
-        n, c, h, w = x.shape
-        kh, kw, _, out_chans = taps.shape
-        (ph, pw), h_out, w_out = ctx.padding, grad_out.shape[2], grad_out.shape[3]
-        hp, wp = h + 2 * ph, w + 2 * pw
-        grid = grad_out.new_zeros(n, hp, wp, out_chans)  # ∂L/∂y on the padded grid, zero where nothing was output
-        grid[:, :h_out, :w_out] = grad_out.permute(0, 2, 3, 1)
-        grid = grid.view(-1, out_chans)
-        m = grid.shape[0] - (kh - 1) * wp - (kw - 1)
+        rows, taps = ctx.saved_tensors
+        grid: _Grid = ctx.grid
+        out_chans, reach = grad_out.shape[1], grid.reach
+        # ∂L/∂y on the grid, zero where nothing was output, after `reach` zero rows: reading it at q + offset
+        # with the kernel flipped is reading it at q - offset with the kernel as it is
+        padded = grad_out.new_zeros(reach + rows.shape[0], out_chans)
+        grad_grid = padded[reach:]
+        grid.output_view(grad_grid).copy_(grad_out.permute(0, 2, 3, 1))
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_rows = x.new_zeros(n * hp * wp, c)
-            for start, end, off, tap in _tap_blocks(m, kw, wp, taps):
-                grad_rows[start + off:end + off].addmm_(grid[start:end], tap.t())
-            grad_x = grad_rows.view(n, hp, wp, c)[:, ph:ph + h, pw:pw + w].permute(0, 3, 1, 2).contiguous()
+            flipped = taps.flip(0).transpose(1, 2).contiguous()  # (kh·kw, O, C), tap (a, b) at (kh-1-a, kw-1-b)
+            grad_rows = rows.new_empty(rows.shape)
+            _shifted_products(padded, flipped, grid.offsets, rows.shape[0], grad_rows)
+            grad_x = grid.images(grad_rows, *grid.gaps, grid.h, grid.w).permute(0, 3, 1, 2).contiguous()
         if ctx.needs_input_grad[1]:
-            rows = _padded_rows(x, ctx.padding)
             grad_taps = torch.zeros_like(taps)
-            for start, end, off, _ in _tap_blocks(m, kw, wp, taps):
-                i, j = divmod(off, wp)
-                grad_taps[i, j].addmm_(rows[start + off:end + off].t(), grid[start:end])
-            grad_w = grad_taps.permute(3, 2, 0, 1).contiguous()
+            for start in range(0, grid.outputs, _BLOCK_ROWS):
+                end = min(start + _BLOCK_ROWS, grid.outputs)
+                for off, grad_tap in zip(grid.offsets, grad_taps):
+                    grad_tap.addmm_(rows[start + off:end + off].t(), grad_grid[start:end])
+            grad_w = grad_taps.view(grid.kh, grid.kw, -1, out_chans).permute(3, 2, 0, 1).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3))
         return grad_x, grad_w, grad_b, None
@@ -180,14 +234,16 @@ class _ShiftedConv2dFunction(torch.autograd.Function):
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: IntOrPair = 1,
            padding: IntOrPair = 0) -> torch.Tensor:
     """`F.conv2d(x, weight, bias, stride, padding)` (no dilation or groups), computed from scratch: shifted GEMMs
-    for a stride-1 conv over several channels, im2col otherwise (a single channel gives the shifted products one
-    column each, and a stride would waste most of the padded grid)."""
+    for a stride-1 conv over several channels with padding narrower than the kernel, im2col otherwise (a single
+    channel gives the shifted products one column each, a stride would waste most of the grid, and wider
+    padding puts outputs outside their image's slot of it)."""
     if x.ndim != 4 or weight.ndim != 4:
         raise ValueError(f"conv2d takes (N, C, H, W) input and (O, C, kh, kw) weight, got {tuple(x.shape)} and "
                          f"{tuple(weight.shape)}")
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"input has {x.shape[1]} channels, weight expects {weight.shape[1]}")
-    if _pair(stride) == (1, 1) and x.shape[1] > 1:
+    padding_within_kernel = all(p < k for p, k in zip(_pair(padding), weight.shape[2:]))
+    if _pair(stride) == (1, 1) and x.shape[1] > 1 and padding_within_kernel:
         return _ShiftedConv2dFunction.apply(x, weight, bias, _pair(padding))
     return _Conv2dFunction.apply(x, weight, bias, _pair(stride), _pair(padding))
 
