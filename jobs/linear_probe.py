@@ -6,9 +6,9 @@ strength chosen on a validation split carved from trainval, refit on trainval, t
     python jobs/linear_probe.py --smoke-test
 
 Features come from the cache `jobs/extract_features.py` fills (computed first if missing, as Ray tasks). The
-probes of several backbones run as parallel Ray tasks; each result is remembered beside the features
-(`<cache>/probes/`), so a re-run with the same features and settings reads it back and starts neither Ray nor a
-fit. MLflow: a parent run with the comparison table (probes.csv) and, per pair of backbones, the test images one
+probes of several backbones run as parallel Ray tasks; each result and its two figures are remembered beside
+the features (`<cache>/probes/`), so a re-run with the same features and settings reads them back and starts
+neither Ray nor a fit, nor draws a figure. MLflow: a parent run with the comparison table (probes.csv) and, per pair of backbones, the test images one
 gets right and the other wrong, both ways (gallery and table); a child run per backbone with the mean per-class
 accuracy (the seed's metric), the overall accuracy, the chosen C and the validation curve, the per-class table
 and the confusion matrix.
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +110,7 @@ def validation_figure(result: ProbeResult, title: str) -> Figure:
     return fig
 
 
-def log_probe(run_id: str, name: str, result: ProbeResult, test: Extraction) -> None:
+def log_probe(run_id: str, name: str, result: ProbeResult, test: Extraction, figures_dir: Path) -> None:
     client = mlflow.MlflowClient()
     client.log_metric(run_id, "mean_per_class_acc", result.mean_per_class_acc)
     client.log_metric(run_id, "acc", result.acc)
@@ -120,9 +122,23 @@ def log_probe(run_id: str, name: str, result: ProbeResult, test: Extraction) -> 
     table = pd.DataFrame({"class": result.classes, "accuracy": result.per_class_acc,
                           "test_images": result.confusion.sum(axis=1)})
     client.log_text(run_id, table.to_csv(index=False), "per_class_accuracy.csv")
-    client.log_figure(run_id, confusion_matrix_figure(result.confusion, result.classes, f"{name}: test confusion matrix"),
-                      "confusion_matrix.png")
-    client.log_figure(run_id, validation_figure(result, name), "validation_curve.png")
+    for path in probe_figures(result, name, figures_dir):
+        client.log_artifact(run_id, str(path))
+
+
+def probe_figures(result: ProbeResult, name: str, folder: Path) -> list[Path]:
+    """The probe's confusion matrix and validation curve as PNGs in `folder` (beside the remembered result),
+    drawn the first time only: drawing them is most of what a re-run on cached features would still cost."""
+    figures = {"confusion_matrix.png": lambda: confusion_matrix_figure(result.confusion, result.classes,
+                                                                       f"{name}: test confusion matrix"),
+               "validation_curve.png": lambda: validation_figure(result, name)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, draw in figures.items():
+        if not (folder / file).is_file():
+            with tempfile.NamedTemporaryFile(dir=folder, suffix=".png", delete=False) as f:
+                draw().savefig(f, format="png")
+            os.replace(f.name, folder / file)  # atomic: a reader never sees half a figure
+    return [folder / file for file in figures]
 
 
 def disagreements(a: tuple[str, ProbeResult], b: tuple[str, ProbeResult], test: Extraction, size: int) -> pd.DataFrame:
@@ -162,7 +178,7 @@ def main(cfg: JobConfig) -> dict:
         rows = []
         for (name, result), (train, test) in zip(named, pairs):
             child = tracking.create_child_run(parent, name)
-            log_probe(child, name, result, test)
+            log_probe(child, name, result, test, probe_path(train, test, cfg).with_suffix("") / name)
             mlflow.MlflowClient().set_terminated(child)
             rows.append({"backbone": name, "weights": train.spec.weights, "num_features": test.meta["num_features"],
                          "mean_per_class_acc": result.mean_per_class_acc, "acc": result.acc, "c": result.c,

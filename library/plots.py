@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from torchvision.utils import make_grid
 
 FILTER_EPS = 1e-4
 
@@ -29,6 +28,8 @@ def filter_grid(weight: torch.Tensor, ncols: int = 8, pad: int = 1) -> np.ndarra
     normalised by `normalize_filters`, `ncols` filters per row, separated by `pad` white pixels."""
     if weight.ndim != 4 or weight.shape[1] not in (1, 3):
         raise ValueError(f"expected K×1×h×w or K×3×h×w filters, got {tuple(weight.shape)}")
+    from torchvision.utils import make_grid  # here: torchvision's import costs a second
+
     grid = make_grid(normalize_filters(weight), nrow=ncols, padding=pad, pad_value=1.0)
     return grid.permute(1, 2, 0).numpy()
 

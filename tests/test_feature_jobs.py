@@ -87,6 +87,9 @@ def test_linear_probe_job_logs_probes_per_backbone_and_the_c4_comparison(tmp_pat
     c4 = {a.path for a in client.list_artifacts(parent["run_id"], "c4")}
     assert len(c4) == 3 and any(p.endswith(".csv") for p in c4)
 
+    drawn = {path: path.stat().st_mtime_ns for path in (tmp_path / "cache" / "probes").rglob("*.png")}
+    assert len(drawn) == 4  # each backbone's two figures, kept beside its remembered probe
+
     again = run("linear_probe", tmp_path, pets_root, "--backbones=[resnet18@none,vit_tiny_patch16_224@none]",
                 "--c_grid=[1.0,100.0]")  # every feature cached and every probe remembered: nothing computed
     assert again.returncode == 0 and again.stdout.count("probe read back from the cache") == 2, again.stderr[-2000:]
@@ -94,6 +97,9 @@ def test_linear_probe_job_logs_probes_per_backbone_and_the_c4_comparison(tmp_pat
     runs = mlflow.search_runs(experiment_names=["linear_probe"], order_by=["attributes.start_time DESC"])
     newest = runs[runs["tags.mlflow.parentRunId"] == runs[runs["tags.mlflow.parentRunId"].isna()].iloc[0]["run_id"]]
     assert sorted(newest["metrics.mean_per_class_acc"]) == sorted(children["metrics.mean_per_class_acc"])
+    assert {path: path.stat().st_mtime_ns for path in drawn} == drawn  # logged again, not drawn again
+    assert {"confusion_matrix.png", "validation_curve.png"} <= {
+        a.path for a in client.list_artifacts(newest.iloc[0]["run_id"])}
 
 
 def test_a_cache_hit_needs_no_backbone_and_a_changed_weights_file_is_hashed_again(tmp_path, pets_root, monkeypatch):

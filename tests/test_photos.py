@@ -1,10 +1,10 @@
-"""Photo data sets: Oxford-IIIT Pet through torchvision's class (a 3-breed subset in the real layout) and image
+"""Photo data sets: Oxford-IIIT Pet in torchvision's layout (a 3-breed subset of the real files) and image
 folders."""
 import pytest
 from PIL import Image
 
-from library.data import DatasetNotFoundError
-from library.data.photos import PhotoDataset, load_image_folder, load_pets
+from library.data import DatasetCorruptError, DatasetNotFoundError
+from library.data.photos import PETS_RESOURCES, PhotoDataset, load_image_folder, load_pets
 
 
 def test_pets_subset_gets_contiguous_labels_and_its_breed_names(pets_root):
@@ -13,6 +13,30 @@ def test_pets_subset_gets_contiguous_labels_and_its_breed_names(pets_root):
     assert trainval.classes == test.classes == ("Abyssinian", "American Bulldog", "Bengal")
     assert sorted(set(trainval.labels)) == [0, 1, 2]
     assert all(trainval.classes[y].split()[0].lower() in p.lower() for p, y in zip(trainval.paths, trainval.labels))
+
+
+def test_pets_read_as_torchvision_reads_them(pets_root):
+    """The split files are read here (torchvision's import costs a probe re-run a second); the same images,
+    breed names and label order as torchvision's own class, whose download addresses we name."""
+    from torchvision.datasets import OxfordIIITPet
+
+    assert PETS_RESOURCES == OxfordIIITPet._RESOURCES
+    for split in ("trainval", "test"):
+        theirs, ours = OxfordIIITPet(str(pets_root), split=split), load_pets(pets_root, split)
+        assert ours.paths == tuple(str(p) for p in theirs._images)
+        assert ours.classes == tuple(theirs.classes)
+        named = dict(zip(sorted(set(theirs._labels)), theirs.classes))  # a subset's labels are the breed ids
+        assert [ours.classes[y] for y in ours.labels] == [named[y] for y in theirs._labels]
+
+
+def test_a_garbled_pets_split_file_names_the_file_and_line(pets_root, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(pets_root, tmp_path / "copy")
+    with open(copy / "oxford-iiit-pet" / "annotations" / "test.txt", "a") as f:
+        f.write("Bengal_9999 cat 1 3\n")
+    with pytest.raises(DatasetCorruptError, match=r"test.txt, line 19"):
+        load_pets(copy, "trainval")
 
 
 def test_pets_fingerprint_follows_the_content_not_the_location(pets_root, tmp_path):

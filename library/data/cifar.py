@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10
 
 from .images import ImageData, ImageSet, split_train_val
 from .storage import DatasetCorruptError, DatasetFiles, data_root, prepare
@@ -32,6 +31,14 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _torchvision_cifar10():
+    """torchvision's dataset class, which knows CIFAR-10's files, checksums and address: imported when needed
+    (torchvision's import costs a second, which a job that never reads CIFAR-10 should not pay)."""
+    from torchvision.datasets import CIFAR10
+
+    return CIFAR10
+
+
 def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     """One CIFAR-10 batch file: its images (N×3072 uint8, channel-major) and labels, read without running code."""
     try:
@@ -42,14 +49,17 @@ def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
         ok = ok and len(labels) == len(data) and all(0 <= y < len(CIFAR10_CLASSES) for y in labels)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise DatasetCorruptError(f"{path} is not a CIFAR-10 batch ({type(e).__name__}: {e}); it was not run. "
-                                  f"Replace it with the file from the official archive, {CIFAR10.url}") from e
+                                  f"Replace it with the file from the official archive, "
+                                  f"{_torchvision_cifar10().url}") from e
     if not ok:
         raise DatasetCorruptError(f"{path} does not hold CIFAR-10 images (a uint8 N×3072 'data' and N labels in "
-                                  f"0..9); replace it with the file from the official archive, {CIFAR10.url}")
+                                  f"0..9); replace it with the file from the official archive, "
+                                  f"{_torchvision_cifar10().url}")
     return data, labels
 
 
 def cifar10_files() -> DatasetFiles:
+    CIFAR10 = _torchvision_cifar10()
     return DatasetFiles(
         name="CIFAR-10",
         folder=CIFAR10.base_folder,
@@ -64,6 +74,7 @@ def cifar10_files() -> DatasetFiles:
 
 
 def _read_split(root: Path, train: bool) -> ImageSet:
+    CIFAR10 = _torchvision_cifar10()
     files = CIFAR10.train_list if train else CIFAR10.test_list
     batches = [read_batch(root / CIFAR10.base_folder / name) for name, _ in files]
     images = np.concatenate([data for data, _ in batches]).reshape(-1, 3, 32, 32)  # stored channel-major

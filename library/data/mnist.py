@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchvision.datasets import MNIST
-
 from .images import ImageData, ImageSet, split_train_val
 from .storage import DatasetFiles, data_root, prepare
 
@@ -23,6 +21,8 @@ _RAW_MD5 = {
 
 
 def mnist_files() -> DatasetFiles:
+    from torchvision.datasets import MNIST  # here, not at the top: torchvision's import costs a second
+
     return DatasetFiles(
         name="MNIST",
         folder="MNIST/raw",
@@ -34,6 +34,8 @@ def mnist_files() -> DatasetFiles:
 
 def load_mnist(root: str | Path | None = None, val_size: int = 5000, seed: int = 0, download: bool = True) -> ImageData:
     """MNIST as uint8 tensors: a seeded train/validation split of the 60k training digits, and the 10k test set."""
+    from torchvision.datasets import MNIST
+
     root = data_root(root)
     verified = prepare(mnist_files(), root, download=download)
     sets = []

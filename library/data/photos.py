@@ -1,5 +1,5 @@
-"""Photo data sets of variable-size images, kept as lists of files: Oxford-IIIT Pet (through torchvision's class)
-and any image folder (class sub-folders, torchvision's ImageFolder). Pretrained backbones decode and preprocess
+"""Photo data sets of variable-size images, kept as lists of files: Oxford-IIIT Pet (torchvision's layout and
+download) and any image folder (class sub-folders, torchvision's ImageFolder). Pretrained backbones decode and preprocess
 them with their own transform, so nothing here resizes anything.
 
 A `PhotoSet` is picklable and cheap (paths and labels), so Ray tasks receive shards of it and open the files
@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .storage import DatasetFiles, DatasetNotFoundError, data_root, prepare
+from .storage import DatasetCorruptError, DatasetFiles, DatasetNotFoundError, data_root, prepare
 
 PETS_FOLDER = "oxford-iiit-pet"
 
@@ -68,15 +68,25 @@ class PhotoDataset(torch.utils.data.Dataset):
             return self.transform(image.convert("RGB")), self.photos.labels[k], k
 
 
-def pets_files() -> DatasetFiles:
+# torchvision's OxfordIIITPet._RESOURCES (tests check they agree), here so that naming them imports nothing
+PETS_RESOURCES = (("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz", "5c4f3ee8e5d25df40f4fd59a7f44e54c"),
+                  ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz",
+                   "95a8c909bbe2e81eed6a22bccdf3f68f"))
+
+
+def _download_pets(root: Path) -> None:
     from torchvision.datasets import OxfordIIITPet
 
+    OxfordIIITPet(str(root), split="trainval", download=True)
+
+
+def pets_files() -> DatasetFiles:
     return DatasetFiles(
         name="Oxford-IIIT Pet",
         folder=PETS_FOLDER,
         files={"annotations/trainval.txt": None, "annotations/test.txt": None, "images": None},
-        download=lambda root: OxfordIIITPet(str(root), split="trainval", download=True),
-        sources=[f"{url} (md5 {md5}): extract into {PETS_FOLDER}/" for url, md5 in OxfordIIITPet._RESOURCES],
+        download=_download_pets,
+        sources=[f"{url} (md5 {md5}): extract into {PETS_FOLDER}/" for url, md5 in PETS_RESOURCES],
     )
 
 
@@ -84,31 +94,43 @@ def load_pets(root: str | Path | None = None, split: str = "trainval", download:
     """Oxford-IIIT Pet's `split` (trainval or test) in torchvision's layout, downloaded once under the data root's
     lock. Labels are renumbered 0..K-1 over the breeds present, so a subset of the 37 breeds (such as a
     3-breed sample) has consistent labels and class names."""
-    from torchvision.datasets import OxfordIIITPet
-
     if split not in ("trainval", "test"):
         raise ValueError(f"Oxford-IIIT Pet has splits trainval and test, not {split!r}")
     root = data_root(root)
     spec = pets_files()
     spec = DatasetFiles(spec.name, spec.folder, {k: v for k, v in spec.files.items() if k != "images"},
-                        spec.download, spec.sources)  # `images` is a folder: checked by torchvision below
+                        spec.download, spec.sources)  # `images` is a folder: its files are checked below
     prepare(spec, root, download=download)
-    try:  # both splits: the class numbering must be the same in each, also for a subset of the breeds
-        splits = {name: OxfordIIITPet(str(root), split=name, download=False) for name in ("trainval", "test")}
-    except RuntimeError as e:
-        raise DatasetNotFoundError(pets_files().not_found_message(root, e)) from e
-    names: dict[int, str] = {}
-    for ds in splits.values():  # torchvision names the breeds present in a split in label order
-        names |= dict(zip(sorted(set(ds._labels)), ds.classes))  # noqa: SLF001 (the labels live only there)
+    splits = {name: _read_pets_split(root / PETS_FOLDER, name) for name in ("trainval", "test")}
+    # both splits: the class numbering must be the same in each, also for a subset of the breeds
+    names = {label: breed for rows in splits.values() for _, label, breed in rows}
     renumber = {label: i for i, label in enumerate(sorted(names))}
-    dataset = splits[split]
-    paths = tuple(str(p) for p in dataset._images)  # noqa: SLF001
+    paths = tuple(str(root / PETS_FOLDER / "images" / f"{image}.jpg") for image, _, _ in splits[split])
     absent = [p for p in paths if not Path(p).is_file()]
     if absent:
         raise DatasetNotFoundError(f"{len(absent)} images listed in Oxford-IIIT Pet's {split}.txt are not in "
                                    f"{root / PETS_FOLDER / 'images'} (first: {Path(absent[0]).name})")
-    return PhotoSet(f"{PETS_FOLDER}/{split}", paths, tuple(renumber[y] for y in dataset._labels),  # noqa: SLF001
+    return PhotoSet(f"{PETS_FOLDER}/{split}", paths, tuple(renumber[label] for _, label, _ in splits[split]),
                     tuple(names[label] for label in sorted(names)))
+
+
+def _read_pets_split(folder: Path, split: str) -> list[tuple[str, int, str]]:
+    """(image name, breed id, breed name) per line of annotations/<split>.txt ("Abyssinian_100 1 1 1": image,
+    breed 1..37, species, breed within species), breed names as torchvision gives them ("American Pit Bull
+    Terrier" from american_pit_bull_terrier_12). Read here rather than through torchvision's class: its import
+    alone costs a second, which a probe re-run on cached features should not pay."""
+    path = folder / "annotations" / f"{split}.txt"
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2 or not fields[1].isdigit():
+            raise DatasetCorruptError(f"{path}, line {number}: expected '<image> <breed id> ...', got {line!r}; "
+                                       f"replace the file with the one from the official archive")
+        image, label = fields[0], int(fields[1])
+        rows.append((image, label, " ".join(part.title() for part in image.rsplit("_", 1)[0].split("_"))))
+    return rows
 
 
 def load_image_folder(path: str | Path) -> PhotoSet:

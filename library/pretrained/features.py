@@ -248,8 +248,8 @@ class FeatureOptions(Config):
             raise ConfigError("backbones is empty")
         root = cache_root(self.cache_dir)
         for text in self.backbones:  # an unknown name stops here, before a run is opened; a backbone whose
-            spec = BackboneSpec.parse(text, check=False)  # features were computed before is known already
-            if not memo_path(root, spec).is_file():
+            spec = BackboneSpec.parse(text, check=False)  # features were computed before is known already, and
+            if text != LITE0 and not memo_path(root, spec).is_file():  # so is the default (every config has it)
                 check_model_name(spec.name)
         if self.dataset == "folder" and not self.folder:
             raise ConfigError("dataset=folder needs --folder=/path/to/<class>/<image> files")
