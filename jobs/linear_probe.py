@@ -5,13 +5,13 @@ strength chosen on a validation split carved from trainval, refit on trainval, t
     python jobs/linear_probe.py --backbones=[resnet50,vit_small_patch16_224]   # C4: a CNN against a ViT
     python jobs/linear_probe.py --smoke-test
 
-Features come from the cache `jobs/extract_features.py` fills (computed first if missing, as Ray tasks). The
-probes of several backbones run as parallel Ray tasks; each result and its two figures are remembered beside
-the features (`<cache>/probes/`), so a re-run with the same features and settings reads them back and starts
-neither Ray nor a fit, nor draws a figure. MLflow: a parent run with the comparison table (probes.csv) and, per pair of backbones, the test images one
-gets right and the other wrong, both ways (gallery and table); a child run per backbone with the mean per-class
-accuracy (the seed's metric), the overall accuracy, the chosen C and the validation curve, the per-class table
-and the confusion matrix.
+Features come from the cache `jobs/extract_features.py` fills (computed first if missing, as Ray tasks). The probes
+of several backbones run as parallel Ray tasks; each result and its two figures are remembered beside the features
+(`<cache>/probes/`), so a re-run with the same features and settings reads them back and starts neither Ray nor a
+fit, nor draws a figure. MLflow: a parent run with the comparison table (probes.csv) and, per pair of backbones, the
+test images one gets right and the other wrong, both ways (gallery and table); a child run per backbone with the
+mean per-class accuracy (the seed's metric), the overall accuracy, the chosen C and the validation curve, the
+per-class table and the confusion matrix.
 """
 from __future__ import annotations
 

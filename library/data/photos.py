@@ -1,6 +1,6 @@
 """Photo data sets of variable-size images, kept as lists of files: Oxford-IIIT Pet (torchvision's layout and
-download) and any image folder (class sub-folders, torchvision's ImageFolder). Pretrained backbones decode and preprocess
-them with their own transform, so nothing here resizes anything.
+download) and any image folder (class sub-folders, torchvision's ImageFolder). Pretrained backbones decode and
+preprocess them with their own transform, so nothing here resizes anything.
 
 A `PhotoSet` is picklable and cheap (paths and labels), so Ray tasks receive shards of it and open the files
 themselves from shared storage.
