@@ -132,16 +132,29 @@ class CoreShare:
         me = resource.getrusage(resource.RUSAGE_SELF)
         return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), me.ru_utime + me.ru_stime
 
+    def resume(self) -> None:
+        """Measure afresh from now: what other processes did while this one paused (e.g. between benchmark
+        rounds, when another contender's worker processes ran) is not held against it."""
+        if self.last is not None:
+            self.last = self._sample()
+
     def adjust(self) -> int:
         """Call it often (it measures at most once a second); returns the thread count now in use."""
         if self.last is None or self.most == 1 or time.monotonic() - self.last[0] < self.wait_s:
             return self.threads
         now, self.wait_s = self._sample(), self.every_s
-        others = max(0.0, (now[1] - self.last[1]) - (now[2] - self.last[2])) / (now[0] - self.last[0])
+        seconds, cores = now[0] - self.last[0], len(self.cpus)
+        busy = (now[1] - self.last[1]) / seconds
+        others = max(0.0, busy - (now[2] - self.last[2]) / seconds)
         self.last = now
-        # a thread less for each core others keep at least three-quarters busy: Ray's and Tune's own processes
+        if busy >= 0.9 * cores and others < cores:
+            # every core busy: the scheduler shares them among all runnable threads, so others got less than they
+            # want. With d cores wanted beside our t threads each thread gets cores / (t + d), and others were
+            # seen using d · cores / (t + d): a process spinning on a core shows as 2/3 of one beside 2 threads
+            others = others * self.threads / (cores - others)
+        # a thread less for each core others want at least three-quarters of: Ray's and Tune's own processes
         # (a few tenths of a core) cost no thread, a process spinning on a core does
-        threads = max(1, min(self.most, len(self.cpus) - math.floor(others + 0.25)))
+        threads = max(1, min(self.most, cores - math.floor(others + 0.25)))
         if threads != self.threads:
             torch.set_num_threads(threads)
             self.threads = threads

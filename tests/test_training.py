@@ -142,6 +142,37 @@ def test_threads_shrink_to_the_cores_others_leave_free_and_grow_back(monkeypatch
     assert share.adjust() == 1 and share.adjust() == 2 and share.adjust() == 2 and chosen == [1, 2]
 
 
+def test_a_spinning_process_that_gets_two_thirds_of_a_core_beside_two_threads_still_costs_one(monkeypatch):
+    """Every core busy: 3 runnable threads on 2 cores each get 2/3 of one, so the spinner is seen at 0.67 core
+    (below the 0.75 mark) though it wants a whole one; Ray's background of 0.3 seen the same way costs none."""
+    from library.runtime import CoreShare
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    samples = iter([(0.0, 0.0, 0.0), (3.0, 6.0, 4.0), (6.0, 12.0, 7.0), (9.0, 18.0, 12.1)])
+    monkeypatch.setattr(CoreShare, "_sample", lambda self: next(samples))
+    share = CoreShare(every_s=0)
+    share.cpus = {0, 1}
+    assert share.adjust() == 1  # seen: 2/3 of a core beside 2 threads
+    assert share.adjust() == 1  # seen: a whole core beside 1 thread
+    share.threads = 2
+    assert share.adjust() == 2  # seen: 0.3 of a core beside 2 threads (wants ~0.35)
+
+
+def test_a_resumed_share_does_not_count_what_others_did_during_the_pause(monkeypatch):
+    from library.runtime import CoreShare
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    # paused from 0 to 10 s while another process kept a core busy, then 5 s of this process alone on both
+    samples = iter([(0.0, 0.0, 0.0), (10.0, 10.0, 0.0), (15.0, 20.0, 10.0)])
+    monkeypatch.setattr(CoreShare, "_sample", lambda self: next(samples))
+    share = CoreShare(every_s=0)
+    share.cpus = {0, 1}
+    share.resume()
+    assert share.adjust() == 2
+
+
 def test_threads_go_down_to_one_beside_processes_that_keep_every_core_busy():
     import subprocess
     import sys
