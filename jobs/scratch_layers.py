@@ -29,7 +29,7 @@ from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import Config  # noqa: E402
 from library.models import conv2d  # noqa: E402
-from library.models.scratch import max_pool2d  # noqa: E402
+from library.models.scratch_pool import max_pool2d  # noqa: E402
 
 # B3's shapes (name, in, out, side, kernel, stride, padding): as benchmarks/scratch_conv.py's, at a smaller batch
 SHAPES = [("mnist 1→16 28² k3", 1, 16, 28, 3, 1, 1), ("mnist 16→32 14² k3", 16, 32, 14, 3, 1, 1),

@@ -9,7 +9,8 @@ from torch import nn
 
 from .layers import Classifier, FlatClassifier, Init, init_weights
 from .registry import register_model
-from .scratch import Conv2d, MaxPool2d
+from .scratch import Conv2d
+from .scratch_pool import MaxPool2d
 
 
 @register_model

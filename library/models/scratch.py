@@ -1,5 +1,5 @@
-"""Convolution and max-pooling written from scratch (experiment B1): no `nn.Conv2d`, `F.conv2d`, `nn.MaxPool2d`
-or `F.max_pool2d` anywhere below, only `unfold`/`fold`, slices and matrix products.
+"""Convolution written from scratch (experiment B1; max-pooling is in `scratch_pool.py`): no `nn.Conv2d` or
+`F.conv2d` anywhere below, only `unfold`/`fold`, slices and matrix products.
 
 A convolution is a matrix product once the input is unrolled into patches ("im2col"): unfolding turns an
 (N, C, H, W) image into (N, C·kh·kw, L) columns, one per output position, and the weight (O, C, kh, kw) becomes
@@ -30,8 +30,8 @@ The shifted path keeps its input rows for backward (the input plus its gaps); th
 input and rebuilds its columns there (the columns are kh·kw times the input's size, so keeping them would
 multiply the memory a conv holds between forward and backward by 9 for a 3×3 kernel, 25 for a 5×5 one).
 
-`Conv2d` and `MaxPool2d` are drop-in replacements for the built-ins: same constructor arguments, same
-parameter names, shapes and initialisation, so state dicts move between them.
+`Conv2d` is a drop-in replacement for the built-in: same constructor arguments, same parameter names, shapes and
+initialisation, so state dicts move between them.
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ from torch.nn.modules.utils import _pair
 IntOrPair = int | tuple[int, int]
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length along one axis of a convolution or pooling window (no dilation)."""
     return (size + 2 * padding - kernel) // stride + 1
 
 
@@ -80,8 +81,8 @@ class _Conv2dFunction(torch.autograd.Function):
             out = out + bias.view(1, -1, 1)
         ctx.save_for_backward(x, weight)
         ctx.has_bias, ctx.stride, ctx.padding = bias is not None, stride, padding
-        h_out = _out_size(h, kh, stride[0], padding[0])
-        w_out = _out_size(w, kw, stride[1], padding[1])
+        h_out = out_size(h, kh, stride[0], padding[0])
+        w_out = out_size(w, kw, stride[1], padding[1])
         return out.view(n, out_chans, h_out, w_out)
 
     @staticmethod
@@ -134,8 +135,8 @@ class _Grid:
         return (self.h + self.gaps[0]) * self.pitch
 
     @property
-    def out_size(self) -> tuple[int, int]:
-        return _out_size(self.h, self.kh, 1, self.ph), _out_size(self.w, self.kw, 1, self.pw)
+    def output_size(self) -> tuple[int, int]:
+        return out_size(self.h, self.kh, 1, self.ph), out_size(self.w, self.kw, 1, self.pw)
 
     @property
     def reach(self) -> int:  # how far past an output position its last tap reads
@@ -147,7 +148,7 @@ class _Grid:
 
     @property
     def outputs(self) -> int:  # grid positions up to the last output
-        (gh, gw), (h_out, w_out) = self.gaps, self.out_size
+        (gh, gw), (h_out, w_out) = self.gaps, self.output_size
         last = ((self.n - 1) * (self.h + gh) + gh - self.ph + h_out - 1) * self.pitch + gw - self.pw + w_out - 1
         return last + 1
 
@@ -166,7 +167,7 @@ class _Grid:
 
     def output_view(self, out: torch.Tensor) -> torch.Tensor:
         """The (N, H_out, W_out, O) outputs among the grid positions `out`."""
-        (gh, gw), (h_out, w_out) = self.gaps, self.out_size
+        (gh, gw), (h_out, w_out) = self.gaps, self.output_size
         return self.images(out, gh - self.ph, gw - self.pw, h_out, w_out)
 
 
@@ -248,23 +249,6 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _Conv2dFunction.apply(x, weight, bias, _pair(stride), _pair(padding))
 
 
-def max_pool2d(x: torch.Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None,
-               padding: IntOrPair = 0) -> torch.Tensor:
-    """`F.max_pool2d` from scratch: each channel's windows unrolled by `unfold`, the max over each window.
-    Padding is -inf, so it never wins. Autograd routes the gradient to each window's arg-max through `max`
-    and `unfold`'s own backward (a fold), as the built-in does."""
-    kh, kw = _pair(kernel_size)
-    sh, sw = _pair(stride if stride is not None else kernel_size)
-    ph, pw = _pair(padding)
-    n, c, h, w = x.shape
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph), value=float("-inf"))
-    # Channels become batch entries, so each window holds one channel's kh·kw values.
-    windows = F.unfold(x.reshape(n * c, 1, h + 2 * ph, w + 2 * pw), (kh, kw), stride=(sh, sw))
-    out = windows.max(dim=1).values  # (N·C, L)
-    return out.view(n, c, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
-
-
 class Conv2d(nn.Module):
     """Drop-in for `nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias)`: the same
     `weight` (O, C, kh, kw) and `bias` (O,) parameters with the same default initialisation."""
@@ -291,17 +275,3 @@ class Conv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, bias={self.bias is not None}")
-
-
-class MaxPool2d(nn.Module):
-    """Drop-in for `nn.MaxPool2d(kernel_size, stride=None, padding=0)`."""
-
-    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0):
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride if stride is not None else kernel_size, padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return max_pool2d(x, self.kernel_size, self.stride, self.padding)
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
