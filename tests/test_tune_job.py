@@ -265,3 +265,22 @@ def test_the_default_budget_is_sized_to_the_machine_and_the_command_line_wins(mo
     assert full == job.JobConfig(budget="gpu")  # the settings as they are: the full search
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     assert job.resolve_budget(parse_job_config(job.JobConfig, [])).budget == "gpu"  # a cluster job
+
+
+def test_the_time_budget_carries_across_a_resume_and_says_it_ended_the_sweep():
+    """Tune keeps a sweep's budget as active time saved with its state: a sweep that spent most of it before an
+    interruption stops soon after its resume, and the driver must take that as finished (budget spent), not as
+    interrupted, though its own fit ran far shorter than the budget."""
+    import pickle
+    import time
+
+    from library.search.budget import SweepBudget, budget_spent
+
+    first = SweepBudget(0.4, "/sweeps/a")
+    assert not first.stop_all()
+    time.sleep(0.3)
+    assert not first.stop_all() and not budget_spent("/sweeps/a")  # 0.3 s of 0.4 spent, then interrupted
+    resumed = pickle.loads(pickle.dumps(first))  # as Tune restores it from the sweep's saved state
+    assert not resumed.stop_all()
+    time.sleep(0.15)
+    assert resumed.stop_all() and budget_spent("/sweeps/a") and not budget_spent("/sweeps/b")

@@ -195,6 +195,8 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
     """A new Tuner, or the restored one when the experiment path already holds this sweep."""
     from ray import tune
 
+    from .budget import SweepBudget
+
     path = opts.experiment_path()
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial if cluster_has_gpu() else 0.0}
     fn = tune.with_resources(tune.with_parameters(trainable, data=data, space=space, test=test,
@@ -209,12 +211,13 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
     param_space = {} if opts.search == "optuna" else space.tune_space(grid=grid)
     tune_config = tune.TuneConfig(
         metric=opts.metric, mode=MODE, search_alg=_searcher(opts, space), scheduler=_scheduler(opts, space),
-        num_samples=opts.num_samples, reuse_actors=True, time_budget_s=opts.time_budget_s or None,
+        num_samples=opts.num_samples, reuse_actors=True,
         max_concurrent_trials=None if opts.search == "optuna" else opts.max_concurrent,
     )
     root, name = path.rsplit("/", 1)
     run_config = tune.RunConfig(
         name=name, storage_path=root, callbacks=callbacks, verbose=0,  # progress.Progress prints instead
+        stop=SweepBudget(opts.time_budget_s, path) if opts.time_budget_s else None,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=1),  # one retry from the last checkpoint (lost node)
     )
@@ -242,6 +245,7 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
     Call `tracking.connect()` and `ray.init()` first. The parent run is found again by the sweep's storage path,
     so a resumed sweep logs into the same parent and children.
     """
+    from .budget import budget_spent
     from .progress import Progress, quiet_tune
     from .trial_runs import MLflowTrialRuns
 
@@ -266,6 +270,9 @@ def run_sweep(opts: SweepOptions, space: SearchSpace, data: ImageData, experimen
     quiet_tune()
     start = time.monotonic()
     results = tuner.fit()
-    budget_spent = bool(opts.time_budget_s) and time.monotonic() - start >= opts.time_budget_s
-    finished = budget_spent or all_trials_done(parent, expected_trials(opts, space))
+    # Tune's own account of the budget (it carries what interrupted runs spent); the wall time of this fit for a
+    # sweep saved before that account existed
+    out_of_time = budget_spent(opts.experiment_path()) or (
+        bool(opts.time_budget_s) and time.monotonic() - start >= opts.time_budget_s)
+    finished = out_of_time or all_trials_done(parent, expected_trials(opts, space))
     return SweepOutcome(parent, results, resumed, finished)
