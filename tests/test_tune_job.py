@@ -198,7 +198,8 @@ def test_population_based_training_runs_with_random_search(tmp_path, cifar_root)
                    "--max_concurrent=2", "--space.epochs=[3]", "--grace_period=1", "--retrain=false")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     parents, children = runs_of(tmp_path, "pbt")
-    assert len(parents) == 1 and len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    statuses = [c.info.status for c in children]
+    assert len(parents) == 1 and statuses == ["FINISHED"] * 3, (statuses, out.stdout[-3000:])
 
 
 def test_an_adversarial_training_sweep_is_ranked_by_robust_accuracy(tmp_path, cifar_root):
