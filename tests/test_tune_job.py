@@ -285,3 +285,18 @@ def test_the_time_budget_carries_across_a_resume_and_says_it_ended_the_sweep():
     assert not resumed.stop_all()
     time.sleep(0.15)
     assert resumed.stop_all() and budget_spent("/sweeps/a") and not budget_spent("/sweeps/b")
+
+
+def test_a_sweep_resumed_with_a_larger_budget_goes_on_for_the_difference():
+    """`time_budget_s` is a run setting: resumed with more, the sweep gets the difference; with 0, no limit."""
+    import pickle
+
+    from library.search.budget import SweepBudget, expect
+
+    spent = SweepBudget(100, "/sweeps/c")
+    spent._budget = -1.0  # ran out: 101 s of 100 spent
+    expect("/sweeps/c", 400)
+    resumed = pickle.loads(pickle.dumps(spent))
+    assert not resumed.stop_all() and resumed._budget == 299.0
+    expect("/sweeps/c", 0)
+    assert pickle.loads(pickle.dumps(spent))._budget == float("inf")

@@ -5,12 +5,18 @@ the command spent (the stopper is saved with the sweep's state). The command can
 wall time of its own `fit()` whether the budget ran out: a sweep interrupted after 40 s and resumed stops 40 s
 early, and was then taken for interrupted (exit 130) instead of finished. `SweepBudget` is that stopper, saying
 in the driver, where Tune's controller calls it, that it stopped the sweep.
+
+The budget itself is the command's: `time_budget_s` is a run setting (changing it continues the same sweep), so
+a sweep resumed with a larger budget goes on for the difference, measured against what it has spent so far.
+Tune restores the stopper it saved, with the budget it was started with; `SweepBudget` takes the current one
+from `expect()`, which the command calls before Tune restores its state.
 """
 from __future__ import annotations
 
 from ray.tune.stopper import TimeoutStopper
 
 _spent: set[str] = set()  # the sweeps (by experiment path) whose budget ran out in this process
+_limits: dict[str, float] = {}  # the budget this process's command gives each sweep
 
 
 class SweepBudget(TimeoutStopper):
@@ -18,11 +24,22 @@ class SweepBudget(TimeoutStopper):
         super().__init__(seconds)
         self.sweep = sweep
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        limit = _limits.get(self.sweep, self._timeout_seconds) or float("inf")  # 0: no limit
+        self._budget += limit - self._timeout_seconds  # what is left of the command's budget after what was spent
+        self._timeout_seconds = limit
+
     def stop_all(self) -> bool:
         out_of_time = super().stop_all()
         if out_of_time:
             _spent.add(self.sweep)
         return out_of_time
+
+
+def expect(sweep: str, seconds: float) -> None:
+    """This command runs the sweep stored at `sweep` with a budget of `seconds` (restored budgets follow it)."""
+    _limits[sweep] = seconds
 
 
 def budget_spent(sweep: str) -> bool:

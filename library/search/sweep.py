@@ -195,9 +195,10 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
     """A new Tuner, or the restored one when the experiment path already holds this sweep."""
     from ray import tune
 
-    from .budget import SweepBudget
+    from .budget import SweepBudget, expect
 
     path = opts.experiment_path()
+    expect(path, opts.time_budget_s)
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial if cluster_has_gpu() else 0.0}
     fn = tune.with_resources(tune.with_parameters(trainable, data=data, space=space, test=test,
                                                   time_budget_s=opts.trial_time_s), resources)
