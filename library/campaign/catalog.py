@@ -57,12 +57,12 @@ def artifacts(run_path: str) -> Reader:
     return read
 
 
-def _probe(run: mlflow.entities.Run, i: int) -> Measure:
-    """The i-th backbone's probe (the order of --backbones: the CNN, then the ViT)."""
+def _probe(run: mlflow.entities.Run) -> Measure:
+    """The probe of the unit's one backbone."""
     rows = table(run, "probes.csv")
-    if rows is None or len(rows) <= i:
+    if rows is None or rows.empty:
         return MISSING
-    return Measure(float(rows["mean_per_class_acc"].iloc[i]), unit="%")
+    return Measure(float(rows["mean_per_class_acc"].iloc[0]), unit="%")
 
 
 def _transfer(run: mlflow.entities.Run) -> Measure:
@@ -145,10 +145,8 @@ CATALOG: list[Entry] = [
           metric("last_layer_input_width"), figure="top_k.png"),
     Entry("C2", "feature maps early / middle / late", "inspect_pretrained", "figure", artifacts("feature_maps.png"),
           figure="feature_maps.png"),
-    Entry("C3", "linear probe on CNN features, Oxford-IIIT Pet", "linear_probe", "mean per-class acc",
-          lambda run: _probe(run, 0)),
-    Entry("C4", "the same with a vision transformer", "linear_probe", "mean per-class acc",
-          lambda run: _probe(run, 1)),
+    Entry("C3", "linear probe on CNN features, Oxford-IIIT Pet", "probe_cnn", "mean per-class acc", _probe),
+    Entry("C4", "the same with a vision transformer", "probe_vit", "mean per-class acc", _probe),
     Entry("C5", "fine-tuned pretrained vs from scratch", "finetune", "top-1, fine-tuned − scratch",
           _gap("pretrained.test_top1", "scratch.test_top1"), "fine-tuned above scratch", lambda m, _: m.value > 0),
     Entry("D1", "targeted probability ascent, 4 photos", "attack_images", "targets reached, clean correct",

