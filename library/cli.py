@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from .config import ConfigError, describe, override, parse_argv
+from .config import Config, ConfigError, describe, override, parse_argv
 from .data import DatasetCorruptError, DatasetNotFoundError
 from .runtime import UnreadableFileError, git_sha, keep_freed_memory, stop_on_sigterm
 from .tracking import ModelNotRegisteredError, TrackingUnavailableError, tracking_uri
@@ -19,7 +19,8 @@ EXPECTED_ERRORS = (ConfigError, DatasetCorruptError, DatasetNotFoundError, Model
 
 
 def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any] | None = None) -> C:
-    """Defaults, then `smoke` when `--smoke-test` is given, then the user's own overrides (which win)."""
+    """Defaults, then `smoke` when `--smoke-test` is given, then the user's own overrides (which win); the
+    result passes its `check_final()`."""
     if "--help" in argv or "-h" in argv:
         print(describe(cls))
         raise SystemExit(0)
@@ -27,7 +28,10 @@ def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any]
     cfg = cls()
     if smoke and str(given.get("smoke_test", False)).lower() in ("true", "1", "yes", "on"):
         cfg = override(cfg, smoke)
-    return override(cfg, given)
+    cfg = override(cfg, given)
+    if isinstance(cfg, Config):
+        cfg.check_final()
+    return cfg
 
 
 def changed_settings(cfg: Any) -> dict[str, Any]:

@@ -31,6 +31,11 @@ class Config:
     def __post_init__(self) -> None:
         pass
 
+    def check_final(self) -> None:
+        """Checks too costly for every copy of a config (one that imports a library, say): `parse_job_config`
+        runs them once, on the config the job runs with, not on its defaults nor on the copies that overriding
+        makes. Call `super().check_final()` first."""
+
     def require(self, **checks: bool) -> None:
         """A ConfigError naming the first key whose check is False: `self.require(lr=self.lr > 0)`."""
         for key, ok in checks.items():

@@ -124,7 +124,8 @@ def test_any_timm_family_gives_pooled_features_of_num_features(name):
 
 
 def test_an_unknown_backbone_stops_the_job_config_before_any_run_is_opened():
+    from library.cli import parse_job_config
     from library.pretrained.features import FeatureOptions
 
     with pytest.raises(ConfigError, match="unknown timm model 'resnet_nonexistent'; similar: .*resnet"):
-        FeatureOptions(backbones=("resnet_nonexistent@none",))
+        parse_job_config(FeatureOptions, ["--backbones=[resnet_nonexistent@none]"])

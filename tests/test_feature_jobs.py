@@ -121,7 +121,9 @@ def test_a_cache_hit_needs_no_backbone_and_a_changed_weights_file_is_hashed_agai
     assert len(loads) == 1 and again.entry.key == first.entry.key and again.meta == first.meta  # no model built
     plan = ("import sys; from library.pretrained.features import FeatureOptions, cache_root, load_photos, "
             "plan_extractions; from library.pretrained.backbones import BackboneSpec; "
-            f"opts = FeatureOptions(backbones=('resnet18@{weights}',), data_root='{pets_root}', cache_dir='{cache}'); "
+            "from library.cli import parse_job_config; "  # the job's own config checks, the name check among them
+            f"opts = parse_job_config(FeatureOptions, ['--backbones=[resnet18@{weights}]', '--data_root={pets_root}', "
+            f"'--cache_dir={cache}']); "
             "plan_extractions([(BackboneSpec.parse(opts.backbones[0], check=False), p) for p in load_photos(opts)], "
             "cache_root(opts.cache_dir), 2); print('timm imported' if 'timm' in sys.modules else 'no timm')")
     out = subprocess.run([sys.executable, "-c", plan], cwd=REPO, capture_output=True, text=True, timeout=120)

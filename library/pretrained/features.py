@@ -246,15 +246,20 @@ class FeatureOptions(Config):
         super().__post_init__()
         if not self.backbones:
             raise ConfigError("backbones is empty")
-        root = cache_root(self.cache_dir)
-        for text in self.backbones:  # an unknown name stops here, before a run is opened; a backbone whose
-            spec = BackboneSpec.parse(text, check=False)  # features were computed before is known already, and
-            if text != LITE0 and not memo_path(root, spec).is_file():  # so is the default (every config has it)
-                check_model_name(spec.name)
         if self.dataset == "folder" and not self.folder:
             raise ConfigError("dataset=folder needs --folder=/path/to/<class>/<image> files")
         if self.shards < 1 or self.batch_size < 1:
             raise ConfigError("shards and batch_size must be at least 1")
+
+    def check_final(self) -> None:
+        """An unknown name stops the job here, before a run is opened. A backbone whose features were computed
+        before is known already: a cache hit does without timm's import."""
+        super().check_final()
+        root = cache_root(self.cache_dir)
+        for text in self.backbones:
+            spec = BackboneSpec.parse(text, check=False)
+            if not memo_path(root, spec).is_file():
+                check_model_name(spec.name)
 
 
 def load_photos(opts: FeatureOptions) -> list[PhotoSet]:
