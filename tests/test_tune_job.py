@@ -275,7 +275,7 @@ def test_the_time_budget_carries_across_a_resume_and_says_it_ended_the_sweep():
     import pickle
     import time
 
-    from library.search.budget import SweepBudget, budget_spent
+    from library.search.budget import SweepBudget, _spent, budget_spent, expect
 
     first = SweepBudget(0.4, "/sweeps/a")
     assert not first.stop_all()
@@ -285,6 +285,9 @@ def test_the_time_budget_carries_across_a_resume_and_says_it_ended_the_sweep():
     assert not resumed.stop_all()
     time.sleep(0.15)
     assert resumed.stop_all() and budget_spent("/sweeps/a") and not budget_spent("/sweeps/b")
+    _spent.clear()  # a new process runs the command again: the restored stopper says the budget ended the sweep
+    expect("/sweeps/a", 3600)  # even with a larger budget: Tune ended the search
+    assert budget_spent("/sweeps/a") is False and pickle.loads(pickle.dumps(resumed)) and budget_spent("/sweeps/a")
 
 
 def test_a_sweep_resumed_with_a_larger_budget_goes_on_for_the_difference():

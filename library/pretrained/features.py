@@ -30,6 +30,7 @@ from ..data.storage import data_root
 from ..runtime import (UnreadableFileError, eval_mode, faster_memory_format, keep_freed_memory, pick_device,
                        ray_init, remote_task)
 from .backbones import LITE0, Backbone, BackboneSpec, check_model_name
+from .folding import folded_for_inference
 from .weights_memo import BackboneFacts, backbone_facts, memo_path
 
 CACHE_ENV = "CV_FEATURE_CACHE"
@@ -105,18 +106,24 @@ def existing_entry(root: Path, key: str) -> CacheEntry | None:
     return entry if not entry.missing() else None
 
 
-_FORMATS: dict[tuple, torch.memory_format] = {}  # (model, weights, input shape) -> the faster, in this process
+_RUNNERS: dict[tuple, tuple[torch.nn.Module, torch.memory_format]] = {}  # per process: see _inference_model
 
 
-def _inference_format(backbone: Backbone, x: torch.Tensor) -> torch.memory_format:
-    """The memory format the backbone's forward runs faster in on this CPU, timed once per process on the first
-    batch (channels_last took EfficientNet-Lite0 from 13.3 to 9.6 ms per image here; it is slower for some nets)."""
-    key = (backbone.name, backbone.weights_digest, tuple(x.shape[1:]))
-    if key not in _FORMATS:
-        model, sample = backbone.model, x[:16]  # a few images time it as well as a batch, at a fraction of the cost
-        _FORMATS[key] = faster_memory_format(
-            lambda fmt: model.to(memory_format=fmt).forward_features(sample.contiguous(memory_format=fmt)))
-    return _FORMATS[key]
+def _inference_model(backbone: Backbone, x: torch.Tensor) -> tuple[torch.nn.Module, torch.memory_format]:
+    """The model extraction runs, chosen once per process on the first batch: BatchNorm folded into its
+    convolutions where that computes the same (folding.py), and on the CPU the memory format its forward runs
+    faster in (channels_last took EfficientNet-Lite0 from 13.3 to 9.6 ms per image here; it is slower for some
+    nets). On a GPU contiguous: not measured there yet."""
+    key = (backbone.name, backbone.weights_digest, tuple(x.shape[1:]), x.device.type)
+    if key not in _RUNNERS:
+        sample = x[:16]  # a few images time it as well as a batch, at a fraction of the cost
+        model = folded_for_inference(backbone.model, sample[:4])
+        fmt = torch.contiguous_format
+        if x.device.type == "cpu":
+            fmt = faster_memory_format(
+                lambda f: model.to(memory_format=f).forward_features(sample.contiguous(memory_format=f)))
+        _RUNNERS[key] = (model.to(memory_format=fmt), fmt)
+    return _RUNNERS[key]
 
 
 @torch.no_grad()
@@ -128,13 +135,12 @@ def extract(backbone: Backbone, photos: PhotoSet, index: range, batch_size: int 
     loader = torch.utils.data.DataLoader(PhotoDataset(photos, backbone.transform(), index), batch_size=batch_size,
                                          num_workers=workers, pin_memory=target.type == "cuda")
     features, labels = [], []
-    fmt = None  # on the CPU, chosen on the first batch; on a GPU contiguous (not measured there yet)
-    with eval_mode(backbone.model.to(target)) as model:
+    with eval_mode(backbone.model.to(target)):
+        model, fmt = None, torch.contiguous_format
         for x, y, _ in loader:
             x = x.to(target, non_blocking=True)
-            if fmt is None:
-                fmt = _inference_format(backbone, x) if target.type == "cpu" else torch.contiguous_format
-                model.to(memory_format=fmt)
+            if model is None:
+                model, fmt = _inference_model(backbone, x)
             pooled = model.forward_head(model.forward_features(x.contiguous(memory_format=fmt)), pre_logits=True)
             features.append(F.normalize(pooled.float(), dim=1).cpu())
             labels.append(y)

@@ -7,9 +7,11 @@ early, and was then taken for interrupted (exit 130) instead of finished. `Sweep
 in the driver, where Tune's controller calls it, that it stopped the sweep.
 
 The budget itself is the command's: `time_budget_s` is a run setting (changing it continues the same sweep), so
-a sweep resumed with a larger budget goes on for the difference, measured against what it has spent so far.
-Tune restores the stopper it saved, with the budget it was started with; `SweepBudget` takes the current one
-from `expect()`, which the command calls before Tune restores its state.
+a sweep interrupted and resumed with a larger budget goes on for the difference, measured against what it has
+spent so far. Tune restores the stopper it saved, with the budget it was started with; `SweepBudget` takes the
+current one from `expect()`, which the command calls before Tune restores its state. A sweep its budget ended
+is over whatever the budget now: Tune then ends its search and terminates its trials, so the stopper remembers
+that it ended the sweep, and a re-run of the command goes on to what follows the search.
 """
 from __future__ import annotations
 
@@ -23,9 +25,13 @@ class SweepBudget(TimeoutStopper):
     def __init__(self, seconds: float, sweep: str):
         super().__init__(seconds)
         self.sweep = sweep
+        self.ended_sweep = False
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        if self.__dict__.setdefault("ended_sweep", False):
+            _spent.add(self.sweep)
+            return
         limit = _limits.get(self.sweep, self._timeout_seconds) or float("inf")  # 0: no limit
         self._budget += limit - self._timeout_seconds  # what is left of the command's budget after what was spent
         self._timeout_seconds = limit
@@ -33,6 +39,7 @@ class SweepBudget(TimeoutStopper):
     def stop_all(self) -> bool:
         out_of_time = super().stop_all()
         if out_of_time:
+            self.ended_sweep = True  # saved with Tune's state: a re-run knows it
             _spent.add(self.sweep)
         return out_of_time
 
