@@ -15,6 +15,7 @@ from ..config import Config, ConfigError
 from ..data.storage import data_root
 from ..runtime import cluster_has_gpu, ray_init
 from . import report
+from .lease import Lease, acquire
 from .catalog import Entry, select
 from .runner import PROFILE_TAG, Launcher, last_error, mark_done, settle, supersede, unit_runs
 from .units import CORGI, PHOTOS, UNITS, with_needs
@@ -108,12 +109,32 @@ def run_campaign(opts: CampaignOptions) -> dict:
     log_dir = Path(opts.log_dir or f"campaign_logs/{opts.name}-{profile}").resolve()
     photos = _photos_for(order, photos, profile, log_dir)
     parent = _campaign_run(opts, profile)
-    launcher = Launcher(parent, opts.name, profile, photos, ray.get_runtime_context().gcs_address, log_dir)
-    max_parallel = opts.max_parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    progress = Progress(time.time())
-    progress.line(f"campaign {opts.name} ({profile}): {len(entries)} IDs in {len(order)} jobs, {max_parallel} at "
-                  f"once; logs in {log_dir}; MLflow {uri}, run {parent}")
+    lease = acquire(parent)  # before anything is superseded: another driver's open runs are not interrupted ones
+    try:
+        launcher = Launcher(parent, opts.name, profile, photos, ray.get_runtime_context().gcs_address, log_dir)
+        max_parallel = opts.max_parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        progress = Progress(time.time())
+        progress.line(f"campaign {opts.name} ({profile}): {len(entries)} IDs in {len(order)} jobs, {max_parallel} "
+                      f"at once; logs in {log_dir}; MLflow {uri}, run {parent}")
+        done, failed = _run_units(entries, order, launcher, max_parallel, progress, lease)
+    finally:
+        lease.release()
+    table = report.conclude(parent, entries, unit_runs(parent), failed, log_dir)
+    mlflow.MlflowClient().set_terminated(parent, "FAILED" if failed else "FINISHED")
+    print("\n" + report.console_table(table))
+    met = table["met"].value_counts().to_dict()
+    progress.line(f"campaign done: {len(done)} of {len(order)} jobs ran, {len(failed)} failed; bars met "
+                  f"{met.get('yes', 0)}, not met {met.get('no', 0)}; report in run {parent} "
+                  f"({tracking.ui_url(parent)})")
+    if failed:
+        raise SystemExit(1)
+    return {"run_id": parent, "rows": len(table), "failed": sorted(failed)}
 
+
+def _run_units(entries: list[Entry], order: list[str], launcher: Launcher, max_parallel: int, progress: Progress,
+               lease: Lease) -> tuple[set[str], dict[str, str]]:
+    """Skip what is done, run the rest in dependency order; the units done and those failed (with why)."""
+    parent = launcher.campaign_run_id
     runs = unit_runs(parent)
     done, changed = settle(order, runs, launcher.command_line)
     for unit in order:
@@ -148,21 +169,11 @@ def run_campaign(opts: CampaignOptions) -> dict:
                     failed[unit] = f"exit {code}: {last_error(running.log)}"
                     progress.line(f"✗ {unit} [{_ids_of(unit, entries)}] failed after {elapsed / 60:.1f} min, "
                                   f"{failed[unit]} (log: {running.log})")
+            lease.renew()
             time.sleep(0.5)
     except KeyboardInterrupt:
         progress.line("interrupted: stopping the running jobs (each saves its state)")
         launcher.interrupt()
         print("the campaign was interrupted; run the same command again to go on from here", flush=True)
         raise SystemExit(130) from None
-
-    table = report.conclude(parent, entries, unit_runs(parent), failed, log_dir)
-    mlflow.MlflowClient().set_terminated(parent, "FAILED" if failed else "FINISHED")
-    print("\n" + report.console_table(table))
-    met = table["met"].value_counts().to_dict()
-    progress.line(f"campaign done: {len(done)} of {len(order)} jobs ran, {len(failed)} failed; bars met "
-                  f"{met.get('yes', 0)}, not met {met.get('no', 0)}; report in run {parent} "
-                  f"({tracking.ui_url(parent)})")
-    if failed:
-        raise SystemExit(1)
-    return {"run_id": parent, "rows": len(table), "failed": sorted(failed)}
-
+    return done, failed
