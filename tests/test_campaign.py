@@ -156,6 +156,14 @@ def test_an_unknown_id_is_refused_with_the_valid_ones():
         select(["A1", "A11"])
 
 
+def test_a_comparison_with_an_id_not_measured_is_not_met_rather_than_an_error():
+    from library.campaign.measures import Measure
+
+    (a3,) = select(["A3"])  # beats A1 and A2: a campaign run with --ids=[A3] alone has neither
+    assert a3.met(Measure(0.8), {"A3": Measure(0.8)}) == "no"
+    assert a3.met(Measure(0.8), {"A1": Measure(0.5), "A2": Measure(0.6)}) == "yes"
+
+
 def test_the_readme_experiment_table_is_the_catalogs():
     assert markdown_table() in (REPO / "README.md").read_text(), (
         "regenerate the README's table: python -c 'from library.campaign.catalog import markdown_table; "

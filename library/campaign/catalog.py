@@ -43,7 +43,10 @@ def at_least(bar: float) -> Check:
 
 
 def above(*ids: str) -> Check:
-    return lambda m, others: all(others[i].value is not None and m.value > others[i].value for i in ids)
+    def check(m: Measure, others: Mapping[str, Measure]) -> bool:  # an ID not measured: not beaten
+        return all(others.get(i, MISSING).value is not None and m.value > others[i].value for i in ids)
+
+    return check
 
 
 def artifacts(run_path: str) -> Reader:

@@ -16,7 +16,7 @@ from ..data.storage import data_root
 from ..runtime import cluster_has_gpu, ray_init
 from . import report
 from .lease import Lease, acquire
-from .catalog import Entry, select
+from .catalog import CATALOG, Entry, select
 from .runner import PROFILE_TAG, Launcher, last_error, mark_done, settle, supersede, unit_runs
 from .units import CORGI, PHOTOS, UNITS, with_needs
 
@@ -119,7 +119,9 @@ def run_campaign(opts: CampaignOptions) -> dict:
         done, failed = _run_units(entries, order, launcher, max_parallel, progress, lease)
     finally:
         lease.release()
-    table = report.conclude(parent, entries, unit_runs(parent), failed, log_dir)
+    runs = unit_runs(parent)  # the report: the IDs run now and those run earlier in this campaign
+    reported = [e for e in CATALOG if e in entries or runs.get(e.unit)]
+    table = report.conclude(parent, reported, runs, failed, log_dir)
     mlflow.MlflowClient().set_terminated(parent, "FAILED" if failed else "FINISHED")
     print("\n" + report.console_table(table))
     met = table["met"].value_counts().to_dict()
