@@ -154,6 +154,8 @@ def find_or_create_run(experiment: str, match: Mapping[str, str], run_name: str 
     if found is not None:
         if client.get_run(found).info.status != "RUNNING":
             client.update_run(found, status="RUNNING")
+        for key, value in json.loads(os.environ.get(RUN_TAGS_ENV) or "{}").items():  # the context it runs in now
+            client.set_tag(found, key, value)  # (a campaign's current command for a sweep it resumes)
         return found, False
     exp = experiment_id(experiment)
     all_tags = {**run_tags(), **(tags or {}), **match}

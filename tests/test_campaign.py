@@ -115,7 +115,7 @@ def test_a_campaign_killed_mid_way_finishes_on_its_rerun_without_running_anythin
     everything = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                     filter_string=f"tags.`campaign.run_id` = '{parent.info.run_id}'")
     assert not [r for r in everything if r.info.status == "RUNNING"]  # nothing left open
-    superseded = [r for r in everything if SUPERSEDED_TAG in r.data.tags]
+    superseded = [r for r in everything if r.data.tags.get(SUPERSEDED_TAG) == "true"]
     assert all(r.info.status == "KILLED" for r in superseded)  # the killed train_cnn run, if it had started one
 
 
@@ -203,7 +203,7 @@ def test_a_unit_done_with_another_command_runs_again_and_so_does_what_takes_its_
     def fetch() -> dict:
         runs = {}
         for run in client.search_runs([experiment], order_by=["attributes.start_time ASC"]):
-            if SUPERSEDED_TAG not in run.data.tags:
+            if run.data.tags.get(SUPERSEDED_TAG) != "true":
                 runs.setdefault(run.data.tags[UNIT_TAG], []).append(run)
         return runs
 
@@ -219,3 +219,39 @@ def test_a_unit_done_with_another_command_runs_again_and_so_does_what_takes_its_
     runs = fetch()
     assert settle(["a", "b"], runs, launcher.command_line, now) == (set(), ["a", "b"])  # b takes a's new model
     assert fetch() == {}
+
+
+def test_a_sweep_run_with_another_command_goes_on_in_its_run_and_what_its_job_left_is_retired(
+        mlflow_store, tmp_path, monkeypatch):
+    """A sweep's job continues its own MLflow run (found by its state's path) whatever run settings changed: the
+    campaign keeps that run, the job re-tags it with the command it now runs, and a run the job did not take up
+    (the old sweep, when new arguments gave it another path) is retired once the job ends."""
+    import json
+
+    from library import tracking
+    from library.campaign.runner import COMMAND_TAG, DONE_TAG, Launcher, retire_stale, settle
+    from library.campaign.units import Unit
+
+    def sweep(budget: int) -> dict[str, Unit]:
+        return {"s": Unit("s", "tune_cnn.py", dict.fromkeys(PROFILES, (f"--time_budget_s={budget}",)),
+                          names_field="name", resumes=True)}
+
+    launcher, client = Launcher("campaign-run", "c", "cpu", str(tmp_path), "", tmp_path), mlflow.MlflowClient()
+    experiment = client.create_experiment("c.s")
+    before, now = launcher.command_line(sweep(60)["s"], {}), launcher.command_line(sweep(600)["s"], {})
+    for sweep_id in ("same-path", "old-path"):
+        run = client.create_run(experiment, tags={UNIT_TAG: "s", DONE_TAG: "true", COMMAND_TAG: before,
+                                                  "sweep_id": sweep_id})
+        client.set_terminated(run.info.run_id)
+
+    def fetch() -> list:
+        return [r for r in client.search_runs([experiment], order_by=["attributes.start_time ASC"])
+                if r.data.tags.get(SUPERSEDED_TAG) != "true"]
+
+    assert settle(["s"], {"s": fetch()}, launcher.command_line, sweep(600)) == (set(), ["s"])
+    assert len(fetch()) == 2  # kept: the job goes on in its run
+    monkeypatch.setenv(tracking.RUN_TAGS_ENV, json.dumps({COMMAND_TAG: now, SUPERSEDED_TAG: "false"}))
+    taken, created = tracking.find_or_create_run("c.s", {"sweep_id": "same-path"})
+    assert not created and client.get_run(taken).data.tags[COMMAND_TAG] == now
+    retire_stale(sweep(600)["s"], fetch(), now)
+    assert [r.info.run_id for r in fetch()] == [taken]

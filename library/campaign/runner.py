@@ -52,7 +52,7 @@ def unit_runs(campaign_run_id: str) -> dict[str, list[mlflow.entities.Run]]:
                                order_by=["attributes.start_time ASC"], max_results=5000)
     out: dict[str, list[mlflow.entities.Run]] = {}
     for run in found:
-        if "mlflow.parentRunId" not in run.data.tags and SUPERSEDED_TAG not in run.data.tags:
+        if "mlflow.parentRunId" not in run.data.tags and run.data.tags.get(SUPERSEDED_TAG) != "true":
             out.setdefault(run.data.tags[UNIT_TAG], []).append(run)
     return out
 
@@ -94,8 +94,15 @@ def settle(order: list[str], runs: dict[str, list[mlflow.entities.Run]],
                 done.add(name)
                 continue
         changed.append(name)
-        supersede(runs.pop(name))
+        if not unit.resumes:  # a sweep or study goes on in its own runs (found by its state's path): they stay,
+            supersede(runs.pop(name))  # and those its job does not take up are retired when it ends (retire_stale)
     return done, changed
+
+
+def retire_stale(unit: Unit, runs: list[mlflow.entities.Run], now: str) -> None:
+    """After `unit` ran with the command `now`: its runs that the job did not take up (a sweep whose path the new
+    arguments changed) are superseded, so the campaign holds the unit done with the very command it runs."""
+    supersede([r for r in runs if r.data.tags.get(COMMAND_TAG, now) != now])
 
 
 def supersede(runs: list[mlflow.entities.Run]) -> None:
@@ -137,7 +144,8 @@ class Launcher:
         return " ".join([f"jobs/{unit.job}", *unit.argv(self.profile, self.campaign, made, self.photos)])
 
     def start(self, unit: Unit, made: Mapping[str, str]) -> None:
-        tags = {CAMPAIGN_TAG: self.campaign_run_id, UNIT_TAG: unit.name, COMMAND_TAG: self.command_line(unit, made)}
+        tags = {CAMPAIGN_TAG: self.campaign_run_id, UNIT_TAG: unit.name, COMMAND_TAG: self.command_line(unit, made),
+                SUPERSEDED_TAG: "false"}  # a run the job takes up again (a sweep's) is this campaign's again
         env = os.environ | {tracking.RUN_TAGS_ENV: json.dumps(tags), "RAY_ADDRESS": self.ray_address,
                             tracking.TRACKING_ENV: mlflow.get_tracking_uri(), "PYTHONUNBUFFERED": "1"}
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from ..runtime import cluster_has_gpu, ray_init
 from . import report
 from .lease import Lease, acquire
 from .catalog import CATALOG, Entry, select
-from .runner import PROFILE_TAG, Launcher, last_error, mark_done, settle, supersede, unit_runs
+from .runner import (PROFILE_TAG, Launcher, last_error, mark_done, retire_stale, settle, supersede,
+                     unit_runs)
 from .units import CORGI, PHOTOS, UNITS, with_needs
 
 @dataclass(frozen=True)
@@ -161,6 +162,9 @@ def _run_units(entries: list[Entry], order: list[str], launcher: Launcher, max_p
                     progress.line(f"▶ {unit} [{_ids_of(unit, entries)}] started: python jobs/{UNITS[unit].job}")
             for running, code in launcher.ended():
                 unit, elapsed = running.unit.name, time.time() - running.started
+                if code == 0:
+                    made = {n: runs[n][-1].info.run_id for n in UNITS[unit].needs}
+                    retire_stale(UNITS[unit], unit_runs(parent).get(unit, []), launcher.command_line(UNITS[unit], made))
                 runs = unit_runs(parent)
                 if code == 0 and runs.get(unit):
                     mark_done(runs[unit])
