@@ -154,14 +154,12 @@ def find_or_create_run(experiment: str, match: Mapping[str, str], run_name: str 
     if found is not None:
         if client.get_run(found).info.status != "RUNNING":
             client.update_run(found, status="RUNNING")
-        for key, value in json.loads(os.environ.get(RUN_TAGS_ENV) or "{}").items():  # the context it runs in now
-            client.set_tag(found, key, value)  # (a campaign's current command for a sweep it resumes)
+        for key, value in json.loads(os.environ.get(RUN_TAGS_ENV) or "{}").items():  # its context now (a campaign's
+            client.set_tag(found, key, value)  # current command for a sweep it resumes)
         return found, False
-    exp = experiment_id(experiment)
-    all_tags = {**run_tags(), **(tags or {}), **match}
-    if parent_run_id is not None:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    return client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id, True
+    parent = {} if parent_run_id is None else {"mlflow.parentRunId": parent_run_id}
+    all_tags = {**run_tags(), **(tags or {}), **match, **parent}
+    return client.create_run(experiment_id(experiment), run_name=run_name, tags=all_tags).info.run_id, True
 
 
 def create_child_run(parent: mlflow.entities.Run, run_name: str) -> str:
