@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_name, interleave, save  # noqa: E402
-from library import tracking  # noqa: E402
+from library import model_store, tracking  # noqa: E402
 from library.adversarial.attacks import PGD  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import Config as BaseConfig  # noqa: E402
@@ -30,7 +30,7 @@ from library.runtime import pick_device  # noqa: E402
 
 @dataclass(frozen=True)
 class Config(BaseConfig):
-    model: str = "registered:mnist_a"  # see library.tracking.load_model_spec
+    model: str = "registered:mnist_a"  # see library.model_store.load_model_spec
     dataset: str = "mnist"
     images: int = 512
     steps: int = 10
@@ -45,7 +45,7 @@ def main(cfg: Config) -> None:
     tracking.connect()
     data = load_data(DataOptions(dataset=cfg.dataset, val_size=0, test_size=cfg.images))
     x, y = data.test.images.float().div(255).to(device), data.test.labels.to(device)
-    model = tracking.load_model_spec(cfg.model, data.num_classes, data.image_shape[0]).to(device).eval()
+    model = model_store.load_model_spec(cfg.model, data.num_classes, data.image_shape[0]).to(device).eval()
     eps = cfg.eps_255 / 255
     ours = PGD(model, eps, alpha=eps / 4, steps=cfg.steps, random_start=False, early_stop=False)
 

@@ -5,7 +5,7 @@ one trial at a time with both CPUs, a checkpoint and a report every epoch, MLflo
 over a grid of the same four configurations. Wall time of each, data loading excluded from both, Ray's
 start-up included in Tune's. Goal: Tune / plain ≤ 1.05.
 
-    python benchmarks/tune_overhead.py [--images=8192] [--epochs=3] [--rounds=1]
+    python benchmarks/tune_overhead.py [--images=8192] [--epochs=3] [--rounds=2]
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class Config(BaseConfig):
     data_root: str = ""  # default: $CV_DATA_ROOT
     images: int = 8192  # training images per epoch
     epochs: int = 3  # epochs per configuration
-    rounds: int = 1  # plain/Tune pairs, interleaved
+    rounds: int = 2  # plain/Tune pairs, interleaved (plain first, then Tune first)
 
 
 def plain(space: SearchSpace, data) -> float:
@@ -76,9 +76,10 @@ def main(cfg: Config) -> dict:
     base = TrainConfig(model="improved_cnn", model_kw={"widths": (32, 64), "depth": 1}, epochs=cfg.epochs)
     space = SearchSpace({"lr": LRS}, base)
     times: dict[str, list] = {"plain": [], "tune": []}
-    for r in range(cfg.rounds):
-        times["plain"].append(plain(space, data))
-        times["tune"].append(with_tune(space, data, r))
+    for r in range(cfg.rounds):  # ABBA: odd rounds run Tune first, so a machine that speeds up or slows down
+        # over the run (this VM's neighbours: ±5% within minutes) favours neither side
+        for side in (("plain", "tune") if r % 2 == 0 else ("tune", "plain")):
+            times[side].append(plain(space, data) if side == "plain" else with_tune(space, data, r))
         t = times["tune"][-1]
         print(f"round {r}: plain {times['plain'][-1]:.1f} s; tune {t['total']:.1f} s = ray.init {t['ray_init']:.1f}"
               f" + sweep {t['sweep']:.1f} (of which inside trials {t['in_trials']:.1f})", flush=True)

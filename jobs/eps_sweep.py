@@ -30,7 +30,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from library import tracking  # noqa: E402
+from library import model_store, tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
@@ -161,7 +161,7 @@ def main(cfg: JobConfig) -> dict:
         if not len(y):
             raise ConfigError(f"no test image of class {cfg.source_class} among the {len(data.test.labels)} sampled; "
                               "raise test_size (0 = all)")
-    models = {spec: tracking.load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
+    models = {spec: model_store.load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
     specs = [AttackSpec(name, steps=cfg.steps, targeted=cfg.targeted, target_shift=cfg.target_shift(data.num_classes))
              for name in cfg.attacks]
     ray_init(cfg.ray_address)

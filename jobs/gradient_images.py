@@ -24,7 +24,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from library import tracking  # noqa: E402
+from library import model_store, tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
@@ -110,7 +110,7 @@ def main(cfg: JobConfig) -> dict:
     if unknown:
         raise ConfigError(f"classes {unknown} are not classes of {data.name} (0..{len(names) - 1})")
     device = pick_device(cfg.device)
-    models = {spec: tracking.load_model_spec(spec, data.num_classes, data.image_shape[0]).to(device).eval() for spec in cfg.models}
+    models = {spec: model_store.load_model_spec(spec, data.num_classes, data.image_shape[0]).to(device).eval() for spec in cfg.models}
     x = data.test.images.float().div(255).to(device)
     y = data.test.labels.to(device)
     index = pick_image(next(iter(models.values())), x, y, cfg.start_class)

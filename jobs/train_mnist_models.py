@@ -8,7 +8,7 @@ Ray tasks, and register each in the MLflow model registry under its model name.
 
 Each model gets its own MLflow run (config, per-epoch metrics, curves, test accuracy, weights) and a new
 version of the registered model of the same name; the attack jobs load them with
-`tracking.load_registered_model("mnist_a")`. Model i trains with seed `seed + i`: independent weights and
+`model_store.load_registered_model("mnist_a")`. Model i trains with seed `seed + i`: independent weights and
 data order even for two copies of one architecture.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import mlflow  # noqa: E402
 
-from library import tracking  # noqa: E402
+from library import model_store, tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError, project  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
@@ -72,7 +72,7 @@ def _record(cfg: JobConfig, train_cfg: TrainConfig, fit: Fit, data) -> dict:
                            "data.test_images": len(data.test), "data.verified": data.verified})
         local = Path(cfg.output_dir).resolve() / run.info.run_id
         log_fit(fit, run.info.run_id, f"{train_cfg.model} on {data.name}", local_dir=local)
-    version = tracking.register_model(run.info.run_id, train_cfg.model) if cfg.register else None
+    version = model_store.register_model(run.info.run_id, train_cfg.model) if cfg.register else None
     return {"model": train_cfg.model, "run_id": run.info.run_id, "version": version, "seed": train_cfg.seed,
             "val_acc": fit.history[-1]["val_acc"], "test_acc": fit.test["acc"]}
 

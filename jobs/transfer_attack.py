@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from library import tracking  # noqa: E402
+from library import model_store, tracking  # noqa: E402
 from library.adversarial.attacks import IterativeFGSM  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
@@ -102,7 +102,7 @@ def main(cfg: JobConfig) -> dict:
     uri = tracking.connect()
     data = load_data(cfg)
     x, y = data.test.images.float().div(255), data.test.labels
-    models = {spec: tracking.load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
+    models = {spec: model_store.load_model_spec(spec, data.num_classes, data.image_shape[0]) for spec in cfg.models}
     ray_init(cfg.ray_address)
     task = remote_task(generate, cfg.cpus_per_task)
     chosen = {name: pick_images(m, x, y, data.num_classes, cfg.per_class) for name, m in models.items()}

@@ -3,7 +3,8 @@
     config.py      typed configs: the Config base (checks chained through super()), --key=value overrides
     cli.py         the shared __main__ of every job: parse, banner, run, clear errors
     runtime.py     where code runs: device, seeding, allocator, git SHA, Ray's edges (ray_init, remote_task)
-    tracking.py    MLflow: the store, provenance tags, models in and out (by run, registry name or spec)
+    tracking.py    MLflow: the store (opened while a job starts), runs, provenance tags
+    model_store.py trained models in MLflow: logged with their rebuild spec, registered, loaded back
     plots.py       figures every domain draws: training curves, filter grids, image grids
     stats.py       intervals every domain reports (Wilson, for proportions)
     explain.py     looking inside classifiers: top-k, feature maps, CAM, saliency

@@ -11,7 +11,8 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from .config import Config, ConfigError, describe, override, parse_argv
 from .data import DatasetCorruptError, DatasetNotFoundError
 from .runtime import UnreadableFileError, git_sha, keep_freed_memory, stop_on_sigterm
-from .tracking import ModelNotRegisteredError, TrackingUnavailableError, tracking_uri
+from .model_store import ModelNotRegisteredError
+from .tracking import TrackingUnavailableError, tracking_uri
 
 C = TypeVar("C")
 EXPECTED_ERRORS = (ConfigError, DatasetCorruptError, DatasetNotFoundError, ModelNotRegisteredError,

@@ -1,5 +1,4 @@
-"""MLflow helpers: where runs go, what every run records, and how models come back out (by run, by registered
-name, or by a model spec as jobs take them on the command line).
+"""MLflow helpers: where runs go and what every run records (trained models in and out: `model_store`).
 
 The tracking URI is $MLFLOW_TRACKING_URI when set (a server, `http://head:5000`, on a cluster), else a local
 store in the working directory: `sqlite:///<cwd>/mlflow.db` with artifacts in `<cwd>/mlruns/` (MLflow 3's own
@@ -14,7 +13,7 @@ import math
 import os
 import platform
 import socket
-import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,15 +27,13 @@ import mlflow
 import torch
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
-from torch import nn
 
-from .config import ConfigError, flatten
-from .runtime import git_sha, load_tensors
+from .config import flatten
+from .runtime import git_sha
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 RUN_TAGS_ENV = "CV_RUN_TAGS"  # a JSON object of tags every run of the process gets (a campaign's, say)
 PACKAGES = ("torch", "torchvision", "timm", "ray", "mlflow", "optuna", "numpy", "pandas")
-MODEL_ARTIFACT_DIR = "model"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's "Model training"
 SPACE_PARAM_PREFIX = "space."  # a trial's sampled values are params space.<name>; its full config beside them
 
@@ -86,12 +83,22 @@ def _check_reachable(uri: str) -> None:
 
 
 def connect(uri: str | None = None) -> str:
-    """Point MLflow at `uri` (default: `tracking_uri()`) after checking it answers; returns the URI."""
+    """Point MLflow at `uri` (default: `tracking_uri()`) after checking it answers; returns the URI. A local store
+    opens in a thread meanwhile (its code and, when new, its tables: ~1.2 s), while the job reads its data and
+    starts Ray; MLflow builds stores under a lock, so a use before then waits for it. Not a daemon thread: an
+    exit (a bad config, say) waits for the tables to be whole."""
     uri = uri or tracking_uri()
     _check_reachable(uri)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
     mlflow.set_tracking_uri(uri)
+    if _sqlite_path(uri) is not None:
+        threading.Thread(target=_open_store, args=(uri,), name="open-mlflow-store").start()
     return uri
+
+
+def _open_store(uri: str) -> None:
+    with contextlib.suppress(Exception):  # a store that fails to open fails the same way in the job's first use
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
 def experiment_id(name: str) -> str:
@@ -206,95 +213,3 @@ def log_rows(run_id: str, rows: Sequence[Mapping[str, float]], step_key: str, pr
     client = mlflow.MlflowClient()
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
-
-
-def save_model(model: nn.Module, directory: Path, name: str, model_kw: Mapping[str, Any]) -> Path:
-    """Write `model.pt` (the state dict) and `model.json` (how to rebuild it) into `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), directory / "model.pt")
-    spec = {"model": name, "model_kw": dict(model_kw), "init": getattr(model, "init_scheme", "")}
-    (directory / "model.json").write_text(json.dumps(spec, indent=2, default=list))
-    return directory
-
-
-def log_model(model: nn.Module, name: str, model_kw: Mapping[str, Any], local_dir: Path | None = None,
-              run_id: str | None = None) -> None:
-    """Log the state dict and its rebuild spec under the `model/` artifacts of the active run (or `run_id`).
-    With `local_dir`, they are written there first and kept, so a tracking server failing at the last moment
-    loses no trained model."""
-    def upload(directory: Path) -> None:
-        if run_id is None:
-            mlflow.log_artifacts(str(directory), MODEL_ARTIFACT_DIR)
-        else:
-            mlflow.MlflowClient().log_artifacts(run_id, str(directory), MODEL_ARTIFACT_DIR)
-
-    if local_dir is not None:
-        upload(save_model(model, local_dir, name, model_kw))
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        upload(save_model(model, Path(tmp), name, model_kw))
-
-
-def load_model(run_id: str, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model logged by `log_model` from its run: registry name + options, then the state dict
-    (loaded with weights_only=True: no code from the artifact store is unpickled)."""
-    from .models import create_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT_DIR, dst_path=tmp))
-        spec = json.loads((path / "model.json").read_text())
-        state = load_tensors(path / "model.pt", map_location)
-    model = create_model(spec["model"], **spec["model_kw"])
-    model.load_state_dict(state)
-    return model
-
-
-class ModelNotRegisteredError(LookupError):
-    """No model is registered under the asked name in this tracking store."""
-
-
-def register_model(run_id: str, name: str) -> int:
-    """A new version of the registered model `name` pointing at the weights `log_model` put in run `run_id`;
-    returns the version number. Other jobs then load it by name (`load_registered_model`)."""
-    client = mlflow.MlflowClient()
-    with contextlib.suppress(MlflowException):  # RESOURCE_ALREADY_EXISTS: a later version of a known name
-        client.create_registered_model(name)
-    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_DIR}"
-    return int(client.create_model_version(name, source, run_id=run_id).version)
-
-
-def registered_run(name: str, version: int | None = None) -> str:
-    """The run id behind version `version` (default: the newest) of the registered model `name`."""
-    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
-    if version is not None:
-        versions = [v for v in versions if int(v.version) == version]
-    if not versions:
-        which = f"version {version} of " if version is not None else ""
-        raise ModelNotRegisteredError(f"no {which}model registered as {name!r} in {mlflow.get_tracking_uri()}; "
-                                      f"train and register it first (python jobs/train_mnist_models.py trains "
-                                      f"mnist_a and mnist_b)")
-    return max(versions, key=lambda v: int(v.version)).run_id
-
-
-def load_registered_model(name: str, version: int | None = None,
-                          map_location: str | torch.device = "cpu") -> nn.Module:
-    """The registered model `name` (newest version unless told), rebuilt by `load_model`, in eval mode."""
-    return load_model(registered_run(name, version), map_location).eval()
-
-
-def load_model_spec(spec: str, num_classes: int, in_chans: int) -> nn.Module:
-    """A trained model named on the command line, in eval mode: `registered:<name>[:<version>]` (the model
-    registry), `run:<run id>` (a model a job logged into that run) or `init:<registry name>` (seeded random
-    weights, for smoke tests). Loaded on the driver; Ray tasks receive the modules, never MLflow connections."""
-    from .models import create_model
-
-    kind, _, rest = spec.partition(":")
-    if kind == "registered":
-        name, _, version = rest.partition(":")
-        return load_registered_model(name, int(version) if version else None)
-    if kind == "run":
-        return load_model(rest).eval()
-    if kind == "init":
-        torch.manual_seed(0)
-        return create_model(rest, num_classes=num_classes, in_chans=in_chans).eval()
-    raise ConfigError(f"model {spec!r}: use registered:<name>[:<version>], run:<run id> or init:<registry name>")

@@ -1,6 +1,6 @@
 """The folder tree is the architecture: a parse of every import in library/ checks that the layers hold.
 
-Plumbing (config, runtime, tracking, plots, cli) and the shared data/ and models/ never import a domain folder
+Plumbing (config, runtime, tracking, model_store, plots, cli) and the shared data/ and models/ never import a domain folder
 (train/, search/, pretrained/, adversarial/); nothing imports in a cycle; the reports that rebuild a sweep or a
 study from MLflow alone, and the notebooks that call them, load no Ray; no module outgrows 300 lines.
 """
@@ -16,7 +16,7 @@ from conftest import REPO
 
 LIBRARY = REPO / "library"
 DOMAINS = ("train", "search", "pretrained", "adversarial", "campaign")
-PLUMBING = ("config", "runtime", "tracking", "plots", "stats", "data", "models")
+PLUMBING = ("config", "runtime", "tracking", "model_store", "plots", "stats", "data", "models")
 MLFLOW_ONLY = ("library.search.sweep_report", "library.search.study_report", "library.campaign.report",
                "library.campaign.runner")
 
@@ -116,6 +116,15 @@ def test_the_reports_and_notebooks_load_no_ray():
         named |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not any(name.split(".")[0] == "ray" for name in named), notebook.name
     code = f"import sys; import {', '.join(MLFLOW_ONLY)}; assert 'ray' not in sys.modules, 'ray was imported'"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_trial_process_imports_neither_mlflow_nor_timm():
+    """Unpickling the trainable is every fresh trial process's first work: MLflow and timm would add ~2.5 s of
+    imports to it (the driver logs to MLflow; timm models import timm when built)."""
+    code = ("import sys, pickle; from library.search.trainable import trainable; pickle.loads(pickle.dumps(trainable)); "
+            "heavy = {'mlflow', 'timm', 'torchvision'} & set(sys.modules); assert not heavy, heavy")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
 

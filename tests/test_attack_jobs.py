@@ -57,7 +57,7 @@ def test_attack_images_job_logs_the_figures_and_the_transform_table(tmp_path):
 def _trained_models(store, data_root) -> list[str]:
     """Two small CIFAR models trained for a few steps and logged into runs of the test's store, as `run:` specs:
     random-init models classify none of the synthetic test images correctly, leaving D3 nothing to attack."""
-    from library import tracking
+    from library import model_store, tracking
     from library.data import load_cifar10
     from library.train.loop import train
     from library.train.recipe import TrainConfig, model_options
@@ -69,7 +69,7 @@ def _trained_models(store, data_root) -> list[str]:
         cfg = TrainConfig(model=name, epochs=3, batch_size=32, warmup_epochs=0.5, crop="none", flip=False)
         model = train(cfg, data).model
         with tracking.start_run("transfer_sources", run_name=name) as run:
-            tracking.log_model(model, name, model_options(cfg, data))
+            model_store.log_model(model, name, model_options(cfg, data))
         specs.append(f"run:{run.info.run_id}")
     return specs
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, job_env
-from library import tracking
+from library import model_store
 from library.data.options import DataOptions, load_data
 from library.train.evaluation import evaluate
 
@@ -44,7 +44,7 @@ def test_both_models_are_logged_and_registered(trained):
         assert run.info.status == "FINISHED"
         assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
         assert "test_acc" in run.data.metrics
-        assert tracking.registered_run(name) == run.info.run_id
+        assert model_store.registered_run(name) == run.info.run_id
         assert f"registered as '{name}' version 1" in out.stdout
 
 
@@ -52,15 +52,15 @@ def test_a_registered_model_loads_by_name_with_its_logged_accuracy(trained, mnis
     # the test split exactly as the job's --smoke-test saw it
     data = load_data(DataOptions(dataset="mnist", data_root=str(mnist_root), val_size=50, train_size=512, test_size=256))
     for name in ("mnist_a", "mnist_b"):
-        model = tracking.load_registered_model(name)
+        model = model_store.load_registered_model(name)
         assert not model.training
-        logged = mlflow.MlflowClient().get_run(tracking.registered_run(name)).data.metrics["test_acc"]
+        logged = mlflow.MlflowClient().get_run(model_store.registered_run(name)).data.metrics["test_acc"]
         assert evaluate(model, data.test)["acc"] == pytest.approx(logged)
 
 
 def test_an_unregistered_name_says_how_to_make_it(trained):
-    with pytest.raises(tracking.ModelNotRegisteredError, match="no model registered as 'mnist_c'.*train_mnist_models"):
-        tracking.load_registered_model("mnist_c")
+    with pytest.raises(model_store.ModelNotRegisteredError, match="no model registered as 'mnist_c'.*train_mnist_models"):
+        model_store.load_registered_model("mnist_c")
 
 
 def test_an_unknown_model_fails_before_ray_starts(tmp_path, mnist_root):

@@ -14,7 +14,7 @@ from library.models import create_model
 from library.pretrained.features import CacheEntry
 from library.runtime import UnreadableFileError, load_tensors
 from library.search.checkpoints import CHECKPOINT_FILE, restore_state
-from library.tracking import load_model, log_model
+from library.model_store import load_model, log_model
 
 
 class _RunsACommand:

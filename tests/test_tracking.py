@@ -6,7 +6,7 @@ import mlflow
 import pytest
 import torch
 
-from library import tracking
+from library import model_store, tracking
 from library.models import create_model
 from library.train.recipe import TrainConfig
 
@@ -48,9 +48,9 @@ def test_a_logged_model_comes_back_identical(mlflow_store, tmp_path):
     tracking.connect()
     model = create_model("improved_cnn", widths=(8, 16), depth=1)
     with tracking.start_run("exp") as run:
-        tracking.log_model(model, "improved_cnn", {"widths": (8, 16), "depth": 1}, local_dir=tmp_path / "keep")
+        model_store.log_model(model, "improved_cnn", {"widths": (8, 16), "depth": 1}, local_dir=tmp_path / "keep")
     assert (tmp_path / "keep" / "model.pt").is_file() and (tmp_path / "keep" / "model.json").is_file()
-    back = tracking.load_model(run.info.run_id)
+    back = model_store.load_model(run.info.run_id)
     x = torch.rand(2, 3, 32, 32)
     model.eval(), back.eval()
     assert torch.equal(model(x), back(x))
@@ -81,3 +81,22 @@ def test_a_default_store_inside_rays_temporary_working_dir_is_warned_about(monke
     monkeypatch.chdir(job_dir)
     with pytest.warns(UserWarning, match="deleted after the job"):
         tracking.tracking_uri()
+
+
+def test_a_new_store_opens_while_the_job_starts_and_is_whole_when_the_job_exits_at_once(tmp_path):
+    """connect() builds a new sqlite store's tables in a thread; a job that fails right after (a bad data root,
+    say) must not leave them half made, and a first use from the job meanwhile waits for them."""
+    import subprocess
+    import sys
+
+    first = tmp_path / "exits.db"
+    code = f"import sys; from library import tracking; tracking.connect('sqlite:///{first}'); sys.exit(3)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 3
+    client = mlflow.MlflowClient(f"sqlite:///{first}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]  # raises on an out-of-date schema
+
+    second = tmp_path / "used.db"
+    code = (f"from library import tracking; tracking.connect('sqlite:///{second}'); "
+            "print(tracking.experiment_id('at-once'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]

@@ -19,7 +19,7 @@ import mlflow
 import pandas as pd
 import torch
 
-from .. import tracking
+from .. import model_store, tracking
 from ..config import ConfigError
 from ..data import ImageData
 from ..data.options import DataOptions, load_data
@@ -28,9 +28,10 @@ from ..plots import filter_grid_figure
 from ..runtime import load_tensors, ray_init
 from ..train.recipe import TrainConfig, model_options
 from . import study_report
+from .checkpoints import CHECKPOINT_FILE
 from .outcome import SweepOutcome, conclude_once
 from .space import dimension
-from .sweep import CHECKPOINT_FILE, SweepOptions, run_sweep, validate_sweep
+from .sweep import SweepOptions, run_sweep, validate_sweep
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def conclude_study(outcome: SweepOutcome, space: StudySpace, data: ImageData) ->
             continue
         variant = table.loc[table["run_id"] == run_id, "variant"].iloc[0]
         cfg = space.variants[variant]
-        tracking.log_model(model, cfg.model, model_options(cfg, data), run_id=run_id)
+        model_store.log_model(model, cfg.model, model_options(cfg, data), run_id=run_id)
         client.log_param(run_id, "model.init", getattr(model, "init_scheme", ""))
         try:
             figure = filter_grid_figure(first_conv(model).weight)

@@ -1,31 +1,23 @@
-"""Ray Tune around `library.train.loop.train`: the trainable, the searcher and scheduler, and `run_sweep`.
+"""Ray Tune around `library.train.loop.train`: the sweep's options, the searcher and scheduler, and `run_sweep`.
 
-The trainable is the only Tune-aware training code: `train()` calls back after each epoch, and the callback
-reports the metrics together with a checkpoint of the full training state; a restarted or resumed trial
-continues from `tune.get_checkpoint()`. The data set travels once through the object store
+Each trial runs `trainable.trainable`; the data set travels once through the object store
 (`tune.with_parameters`). Metrics reach MLflow through `MLflowTrialRuns` on the driver.
 """
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from .. import tracking
 from ..config import Config, ConfigError, digest, project
 from ..data import ImageData
-from ..runtime import cluster_has_gpu, use_assigned_cpus
-from ..train.evaluation import evaluate
-from ..train.loop import train
-from .checkpoints import CHECKPOINT_FILE, check_free_space, check_saved_state, restore_state
+from ..runtime import cluster_has_gpu
+from .checkpoints import check_free_space, check_saved_state
 from .outcome import SweepOutcome, all_trials_done, is_complete
 from .space import SearchSpace
 
@@ -92,37 +84,6 @@ class SweepOptions(Config):
         root = self.storage_path or os.environ.get(STORAGE_ENV) or "~/ray_results"
         root = root if "://" in root else str(Path(root).expanduser().resolve())
         return f"{root.rstrip('/')}/{self.name}-{digest(self, RUN_SETTINGS)}"
-
-
-def trainable(config: dict[str, Any], data: ImageData, space: SearchSpace, test: bool = False,
-              time_budget_s: float = 0.0) -> None:
-    """One trial: the sampled `config` applied to the space's base TrainConfig, trained with a report and a
-    checkpoint per epoch. With `test` (studies, which select nothing on validation), the last report carries the
-    test-set metrics; per-iteration rows (TrainConfig.log_steps) travel in each report as `step_rows`. With
-    `time_budget_s`, each report carries val_acc_at_time and the trial ends once its training time reaches it."""
-    from ray import tune
-
-    use_assigned_cpus()
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # a "Checkpoint successfully created" line per epoch
-    cfg = space.apply(config)
-
-    def on_epoch(metrics: dict, state) -> bool:
-        report = dict(metrics)
-        out_of_time = bool(time_budget_s) and metrics["train_s"] >= time_budget_s
-        if time_budget_s:
-            report["val_acc_at_time"] = metrics["val_acc"]
-        if test and state.epoch == state.total_epochs:
-            with state.averaged() as model:
-                scores = evaluate(model, data.test, cfg.eval_batch_size, cfg.amp, cfg.tta)
-            report |= {"test_loss": scores["loss"], "test_acc": scores["acc"]}
-        if state.epoch_rows:
-            report["step_rows"] = state.epoch_rows
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save(state.state_dict(), Path(directory) / CHECKPOINT_FILE)
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
-        return out_of_time
-
-    train(cfg, data, on_epoch=on_epoch, resume=restore_state(tune.get_checkpoint()))
 
 
 def _searcher(opts: SweepOptions, space: SearchSpace):
@@ -196,6 +157,7 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
     from ray import tune
 
     from .budget import SweepBudget, expect
+    from .trainable import trainable
 
     path = opts.experiment_path()
     expect(path, opts.time_budget_s)

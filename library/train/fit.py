@@ -18,7 +18,7 @@ from mlflow.entities import Metric
 import torch
 from torch import nn
 
-from .. import tracking
+from .. import model_store, tracking
 from ..data import ImageData, ImageSet
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure, training_curves_figure
@@ -96,7 +96,7 @@ def log_fit(fit: Fit, run_id: str, title: str, prefix: str = "", epochs: bool = 
         pass  # a fully connected model has no filters to show
     # log_dict overwrites where log_table would append rows to a table that a retried conclusion logged before
     client.log_dict(run_id, fit.history, artifact.format("history.json"))
-    tracking.log_model(model, fit.model, fit.model_kw, local_dir=local_dir, run_id=run_id)
+    model_store.log_model(model, fit.model, fit.model_kw, local_dir=local_dir, run_id=run_id)
     # the test metrics last and in one batch: a run with test_acc has everything above (a conclusion killed
     # before this point is redone by its re-run, which looks for test_acc), and the test set is recorded once
     now = int(time.time() * 1000)
