@@ -199,6 +199,9 @@ def git_sha() -> str:
         return "unknown"
 
 
+PRESTART_ENV = "RAY_prestart_worker_first_driver"
+
+
 def ray_init(address: str = "", **options: Any) -> None:
     """Connect to `address`, $RAY_ADDRESS (set by `ray job submit`), or start a local Ray (`options`: more of
     `ray.init`'s arguments, e.g. num_cpus for a local one)."""
@@ -207,6 +210,10 @@ def ray_init(address: str = "", **options: Any) -> None:
     # Ray 2.60 warns on every start that token authentication is on; the README says how the token is used
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if not ray.is_initialized():
+        # A local start prestarts a worker per CPU for a job without a runtime env. This job's workers carry one
+        # (below), so those would never run anything while taking ~1% of a core each from the trials; only the
+        # raylet a local start spawns reads this (a user's own setting stands).
+        os.environ.setdefault(PRESTART_ENV, "0")
         # every worker of this job starts with the allocator setting the driver uses (trials, tasks, actors)
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
                  runtime_env={"env_vars": {GIT_SHA_ENV: git_sha(), **malloc_env()}}, **options)

@@ -160,3 +160,22 @@ def test_workers_get_the_allocator_setting_in_their_environment_unless_turned_of
     assert malloc_env()["GLIBC_TUNABLES"] == ours
     monkeypatch.setenv("CV_GLIBC_MALLOC_TUNING", "0")
     assert malloc_env() == {}
+
+
+@pytest.mark.ray
+def test_a_local_ray_starts_no_workers_that_its_jobs_could_never_use():
+    """Ray prestarts a worker per CPU for jobs without a runtime env; ours carry one, so those would idle on,
+    taking CPU from the trials. A job's local Ray has none; its tasks still run."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import os, time, psutil, ray; from library.runtime import ray_init; "
+            "ray_init('local', num_cpus=2, include_dashboard=False); time.sleep(3); "
+            "idle = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ['ray::IDLE']]; "
+            "pid = ray.get(ray.remote(lambda: os.getpid()).remote()); print(len(idle), pid != os.getpid())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RAY_ADDRESS": "local"})
+    assert out.returncode == 0 and out.stdout.split() == ["0", "True"], out.stderr[-2000:]
