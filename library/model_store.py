@@ -33,11 +33,17 @@ def log_model(model: nn.Module, name: str, model_kw: Mapping[str, Any], local_di
     """Log the state dict and its rebuild spec under the `model/` artifacts of the active run (or `run_id`).
     With `local_dir`, they are written there first and kept, so a tracking server failing at the last moment
     loses no trained model."""
-    with contextlib.ExitStack() as stack:
-        directory = save_model(model, local_dir or Path(stack.enter_context(tempfile.TemporaryDirectory())), name,
-                               model_kw)
-        mlflow.MlflowClient().log_artifacts(run_id or mlflow.active_run().info.run_id, str(directory),
-                                            MODEL_ARTIFACT_DIR)
+    def upload(directory: Path) -> None:
+        if run_id is None:
+            mlflow.log_artifacts(str(directory), MODEL_ARTIFACT_DIR)
+        else:
+            mlflow.MlflowClient().log_artifacts(run_id, str(directory), MODEL_ARTIFACT_DIR)
+
+    if local_dir is not None:
+        upload(save_model(model, local_dir, name, model_kw))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        upload(save_model(model, Path(tmp), name, model_kw))
 
 
 def load_model(run_id: str, map_location: str | torch.device = "cpu") -> nn.Module:
