@@ -73,12 +73,21 @@ def _raylet_of(node: subprocess.Popen) -> psutil.Process:
     return next(p for p in psutil.Process(node.pid).children(recursive=True) if p.name() == "raylet")
 
 
+EPOCHS = 10  # per trial
+
+
 def _checkpointed_trial_on(raylet: psutil.Process, storage: Path) -> bool:
-    """A trial process of this raylet has reported an epoch (Tune's result.json records each report's pid)."""
-    pids = {str(p.pid) for p in raylet.children(recursive=True)}
+    """A trial process of this raylet is mid-trial: it has reported (and checkpointed) an epoch, and at least two
+    are left (Tune's result.json records each report's pid). A finished trial does not count: with actors reused,
+    its process lives on, idle or not yet reporting for its next trial, and losing it would lose no checkpoint."""
+    pids = {p.pid for p in raylet.children(recursive=True)}
     for results in storage.glob("*/trainable_*/result.json"):
         lines = results.read_text().splitlines()
-        if lines and any(f'"pid": {pid},' in lines[-1] for pid in pids):
+        try:
+            last = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:  # a line Tune is writing right now
+            continue
+        if last and last["pid"] in pids and last["training_iteration"] <= EPOCHS - 2:
             return True
     return False
 
@@ -101,7 +110,7 @@ def _restored_from_checkpoint(storage: Path) -> list[str]:
 def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_path, cifar_root):
     address, dashboard, env, worker = two_nodes
     args = ["--smoke-test", "--name=twonodes", f"--storage_path={tmp_path / 'ray'}", f"--ray_address={address}",
-            "--num_samples=4", "--max_concurrent=2", "--scheduler=fifo", "--space.epochs=[10]", "--retrain=false"]
+            "--num_samples=4", "--max_concurrent=2", "--scheduler=fifo", f"--space.epochs=[{EPOCHS}]", "--retrain=false"]
     job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "tune_cnn.py"), *args], cwd=tmp_path,
                            env=job_env(tmp_path, cifar_root) | {"RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"},
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -109,7 +118,7 @@ def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_p
     deadline = time.time() + 300
     while not _checkpointed_trial_on(raylet, tmp_path / "ray"):  # mid-trial, an epoch checkpointed
         assert job.poll() is None and time.time() < deadline, "no trial ever checkpointed on the second node"
-        time.sleep(0.2)
+        time.sleep(0.05)
     raylet.kill()
     out = job.communicate(timeout=600)[0]
     assert job.returncode == 0, out[-4000:]
