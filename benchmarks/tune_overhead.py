@@ -57,7 +57,8 @@ def plain(space: SearchSpace, data) -> dict[str, float]:
 
 
 def with_tune(space: SearchSpace, data, round_: int) -> dict[str, float]:
-    """Total wall time, and where it went: Ray's start, the sweep, and the time spent inside the trials."""
+    """Total wall time, and where it went: Ray's start, the sweep outside its trials, the trials besides their
+    epochs, and the epochs."""
     import ray
 
     with tempfile.TemporaryDirectory() as tmp:
