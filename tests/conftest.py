@@ -138,10 +138,19 @@ def job_env(store: Path, data_root: Path | None = None) -> dict[str, str]:
     return env | ({"CV_DATA_ROOT": str(data_root)} if data_root is not None else {})
 
 
+_ports_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and not handed out before in this session: a node takes several at once, and the
+    OS may give a port just released (the previous call's) again."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
 
 
 def start_mlflow_server(store: Path, port: int, command: str = "server") -> subprocess.Popen:

@@ -25,9 +25,11 @@ def _start_node(env: dict, *args: str) -> tuple[subprocess.Popen, str]:
     """`ray start --block` with its own temp dir (short: Ray's socket paths must fit in 107 bytes)."""
     temp_dir = tempfile.mkdtemp(prefix="rayn", dir="/tmp")
     # every port a node opens chosen free here: Ray's fixed defaults can still be held by a Ray another test
-    # just stopped
+    # just stopped. Workers' ports left to the OS (0, as Ray's own multi-node test cluster does): from the
+    # default range both raylets would hand out the same ports, first 10002, to workers on one machine
     ports = [f"--{name}-port={free_port()}" for name in ("node-manager", "object-manager", "runtime-env-agent",
                                                           "dashboard-agent-grpc")]
+    ports += ["--min-worker-port=0", "--max-worker-port=0"]
     log = open(Path(temp_dir) / "start.log", "w")
     proc = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                              f"--temp-dir={temp_dir}", "--disable-usage-stats", *ports, *args],
