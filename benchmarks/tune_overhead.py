@@ -10,7 +10,10 @@ MLflow's bookkeeping); what the trials spend outside their epochs (set-up, and a
 epoch; in a fresh process the set-up includes the first optimiser's import of torch._dynamo, ~1 s, which the
 plain loop paid once before its timing); and the epochs themselves, compared with the plain loop's epochs (the
 in-trial slowdown). From the two it derives the seconds Tune adds once a sweep and the sweep length from which
-Tune / plain is within the goal.
+Tune / plain is within the goal. Each round also times, in new interpreters, the start-up a sweep pays whatever
+this project does (Ray's start; a trial process: Ray's setup_worker.py, then Ray Tune, torch and the trainable;
+torch._dynamo on its first optimiser step), so the output says how much of the fixed cost is left to Tune's and
+this project's own bookkeeping.
 
     python benchmarks/tune_overhead.py [--images=8192] [--epochs=3] [--rounds=2]
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +45,16 @@ from library.train.recipe import TrainConfig  # noqa: E402
 from library.search.sweep import SweepOptions, run_sweep  # noqa: E402
 
 LRS = [1e-3, 2e-3, 3e-3, 5e-3]  # the four configurations: one model, four learning rates
+REPO = Path(__file__).resolve().parents[1]
+# The start-up no sweep skips, each piece timed in a new interpreter as a sweep pays it. A snippet that prints a
+# number is timed by itself (its own imports excluded); otherwise the interpreter's whole run counts.
+STARTUP = {
+    "ray_start": "import sys, time; from library.runtime import ray_init; t = time.perf_counter(); "
+                 "ray_init('local', num_cpus=2, include_dashboard=False); print(time.perf_counter() - t)",
+    "worker_setup": "import ray._private.runtime_env.context, ray._private.ray_logging",  # setup_worker.py, then exec
+    "trial_imports": "import ray.tune, library.search.trainable",  # unpickling the trainable in the trial process
+    "dynamo": "import time, torch; t = time.perf_counter(); import torch._dynamo; print(time.perf_counter() - t)",
+}
 
 
 @dataclass(frozen=True)
@@ -81,21 +95,34 @@ def with_tune(space: SearchSpace, data, round_: int) -> dict[str, float]:
             "outside_trials": end - ray_started - in_trials, "trials_besides_epochs": in_trials - epochs, "epochs": epochs}
 
 
+def startup() -> dict[str, float]:
+    """Seconds of each piece of STARTUP, and their sum."""
+    seconds = {}
+    for name, code in STARTUP.items():
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ | {"RAY_ADDRESS": "local"},
+                             capture_output=True, text=True, check=True).stdout.split()
+        seconds[name] = float(out[-1]) if out else time.perf_counter() - start
+    return seconds | {"total": sum(seconds.values())}
+
+
 def main(cfg: Config) -> dict:
     torch.set_num_threads(2)
     data = load_cifar10(cfg.data_root or None, val_size=2000).limit(train=cfg.images)
     base = TrainConfig(model="improved_cnn", model_kw={"widths": (32, 64), "depth": 1}, epochs=cfg.epochs)
     space = SearchSpace({"lr": LRS}, base)
-    times: dict[str, list] = {"plain": [], "tune": []}
+    times: dict[str, list] = {"plain": [], "tune": [], "startup": []}
     for r in range(cfg.rounds):  # ABBA: odd rounds run Tune first, so a machine that speeds up or slows down
         # over the run (this VM's neighbours: ±5% within minutes) favours neither side
         for side in (("plain", "tune") if r % 2 == 0 else ("tune", "plain")):
             times[side].append(plain(space, data) if side == "plain" else with_tune(space, data, r))
-        p, t = times["plain"][-1], times["tune"][-1]
+        times["startup"].append(startup())
+        p, t, u = times["plain"][-1], times["tune"][-1], times["startup"][-1]
         print(f"round {r}: plain {p['total']:.1f} s (epochs {p['epochs']:.1f}); tune {t['total']:.1f} s = Ray's start"
               f" {t['ray_init']:.1f} + outside the trials {t['outside_trials']:.1f} + trials besides their epochs"
-              f" {t['trials_besides_epochs']:.1f} + epochs {t['epochs']:.1f}; Tune / plain {t['total'] / p['total']:.3f}",
-              flush=True)
+              f" {t['trials_besides_epochs']:.1f} + epochs {t['epochs']:.1f}; Tune / plain {t['total'] / p['total']:.3f};"
+              f" start-up in new processes {u['total']:.1f} s (Ray's start {u['ray_start']:.1f}, a trial process"
+              f" {u['worker_setup'] + u['trial_imports']:.1f}, torch._dynamo {u['dynamo']:.1f})", flush=True)
 
     def median(side: str, key: str) -> float:
         return statistics.median(t[key] for t in times[side])
@@ -109,10 +136,11 @@ def main(cfg: Config) -> dict:
     # every epoch: Tune / plain = epochs_ratio + fixed / plain, so the goal holds from a sweep length on
     fixed = (median("tune", "total") - median("tune", "epochs")) - (median("plain", "total") - median("plain", "epochs"))
     within_goal_from = fixed / (1.05 - epochs_ratio) if epochs_ratio < 1.05 else math.inf
+    floor = median("startup", "total")  # the part of `fixed` no change to this project's code removes
     result = {"benchmark": "tune_overhead", "device": device_name(pick_device()), "config": vars(cfg),
               "seconds": times, "overhead_ratio": round(ratio, 3), "round_ratios": round_ratios,
               "inside_trials_ratio": round(in_trials_ratio, 3), "epochs_ratio": round(epochs_ratio, 3),
-              "fixed_s": round(fixed, 1),
+              "fixed_s": round(fixed, 1), "startup_s": round(floor, 1),
               "within_goal_from_s": round(within_goal_from, 0) if math.isfinite(within_goal_from) else None,
               "goal": "<= 1.05"}
     print(f"Tune / plain = {ratio:.3f} (goal <= 1.05; single rounds {min(round_ratios):.3f}-{max(round_ratios):.3f});"
@@ -121,6 +149,9 @@ def main(cfg: Config) -> dict:
     print(f"Tune adds {fixed:.1f} s a sweep and {100 * (epochs_ratio - 1):+.1f}% to every epoch: within 1.05 of the"
           f" plain loop for sweeps of " + (f"{within_goal_from / 60:.1f} minutes of plain training or more"
                                           if math.isfinite(within_goal_from) else "no length"))
+    print(f"Of the {fixed:.1f} s, {floor:.1f} s is start-up a sweep pays whatever this project does (Ray's start, a"
+          f" trial process's imports, torch._dynamo; timed in new processes), {100 * floor / median('plain', 'total'):.1f}%"
+          f" of the plain loop at this size; Tune's and the project's bookkeeping take the other {fixed - floor:.1f} s")
     return result
 
 
