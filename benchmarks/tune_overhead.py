@@ -38,7 +38,8 @@ from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import Config as BaseConfig  # noqa: E402
 from library.data import load_cifar10  # noqa: E402
-from library.runtime import pick_device, ray_init  # noqa: E402
+from library.cluster import ray_init  # noqa: E402
+from library.runtime import pick_device  # noqa: E402
 from library.search.space import SearchSpace  # noqa: E402
 from library.train.loop import train  # noqa: E402
 from library.train.recipe import TrainConfig  # noqa: E402
@@ -49,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The start-up no sweep skips, each piece timed in a new interpreter as a sweep pays it. A snippet that prints a
 # number is timed by itself (its own imports excluded); otherwise the interpreter's whole run counts.
 STARTUP = {
-    "ray_start": "import time; from library.runtime import ray_init; t = time.perf_counter(); "
+    "ray_start": "import time; from library.cluster import ray_init; t = time.perf_counter(); "
                  "ray_init('local', num_cpus=2, include_dashboard=False); print(time.perf_counter() - t)",
     "worker_setup": "import ray._private.runtime_env.context, ray._private.ray_logging",  # setup_worker.py, then exec
     "trial_imports": "import ray.tune, library.search.trainable",  # unpickling the trainable in the trial process

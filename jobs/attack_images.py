@@ -40,7 +40,8 @@ from library.pretrained.backbones import LITE0, BackboneSpec, class_names  # noq
 from library.data.photos import load_images  # noqa: E402
 from library.adversarial.transforms import D2_TRANSFORMS  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
-from library.runtime import pick_device, ray_init, remote_task  # noqa: E402
+from library.cluster import ray_init, remote_task  # noqa: E402
+from library.runtime import pick_device  # noqa: E402
 from library.adversarial.synthesis import early_middle_late_layers, invert_features, maximise_class  # noqa: E402
 
 

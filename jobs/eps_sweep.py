@@ -34,7 +34,7 @@ from library import model_store, tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
-from library.runtime import ray_init, remote_task  # noqa: E402
+from library.cluster import ray_init, remote_task  # noqa: E402
 from library.adversarial.registry import AttackSpec  # noqa: E402
 from library.adversarial.robustness import bisection_sweep, pgd_table, sweep  # noqa: E402
 from library.stats import wilson_interval  # noqa: E402

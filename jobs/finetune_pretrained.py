@@ -26,7 +26,7 @@ from library.pretrained.backbones import LITE0, BackboneSpec, create_backbone  #
 from library.cli import run_job  # noqa: E402
 from library.pretrained.features import FeatureOptions, load_photos  # noqa: E402
 from library.pretrained.finetune import FinetuneConfig, finetune  # noqa: E402
-from library.runtime import ray_init, remote_task  # noqa: E402
+from library.cluster import ray_init, remote_task  # noqa: E402
 
 
 @dataclass(frozen=True)

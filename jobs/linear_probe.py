@@ -87,7 +87,7 @@ def run_probes(pairs: list[tuple[Extraction, Extraction]], cfg: JobConfig) -> li
         return [probe_pair(train, test, cfg) for train, test in pairs]
     import ray
 
-    from library.runtime import ray_init, remote_task
+    from library.cluster import ray_init, remote_task
 
     ray_init(cfg.ray_address)
     task = remote_task(probe_pair, cfg.cpus_per_task)

@@ -30,7 +30,7 @@ from library.data.options import DataOptions, load_data  # noqa: E402
 from library.train.fit import Fit, fit_remote, log_fit  # noqa: E402
 from library.models import create_model  # noqa: E402
 from library.train.recipe import TrainConfig  # noqa: E402
-from library.runtime import ray_init  # noqa: E402
+from library.cluster import ray_init  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from library.cli import run_job  # noqa: E402
 from library.config import ConfigError  # noqa: E402
 from library.data.options import DataOptions, load_data  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
-from library.runtime import ray_init, remote_task  # noqa: E402
+from library.cluster import ray_init, remote_task  # noqa: E402
 
 
 @dataclass(frozen=True)

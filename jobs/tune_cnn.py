@@ -41,7 +41,7 @@ from library.train.fit import final_fit, log_fit  # noqa: E402
 from library.search.families import DEFAULT_SPACE, FamilySpace, make_space  # noqa: E402
 from library.search.space import SearchSpace  # noqa: E402
 from library.train.recipe import TrainConfig  # noqa: E402
-from library.runtime import ray_init  # noqa: E402
+from library.cluster import ray_init  # noqa: E402
 from library.search.outcome import conclude_once  # noqa: E402
 from library.search.sweep import SweepOptions, run_sweep, validate_sweep  # noqa: E402
 

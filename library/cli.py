@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from .cluster import stop_on_sigterm
 from .config import Config, ConfigError, describe, override, parse_argv
 from .data import DatasetCorruptError, DatasetNotFoundError
-from .runtime import UnreadableFileError, git_sha, keep_freed_memory, stop_on_sigterm
+from .runtime import UnreadableFileError, git_sha, keep_freed_memory
 from .model_store import ModelNotRegisteredError
 from .tracking import TrackingUnavailableError, tracking_uri
 

@@ -1,12 +1,9 @@
 """Where code runs: the device, seeding, the process settings CPU work needs, the code version, reading tensor
-files without running code, and Ray at the edges of a job (connecting a driver, a task's resources and
-threads). Ray is imported only when used."""
+files without running code. Ray's side of it (a driver, a task's resources) is in cluster.py."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
-import logging
 import math
 import os
 import platform
@@ -14,9 +11,7 @@ import pickle
 import random
 import re
 import resource
-import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -197,69 +192,6 @@ def git_sha() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-PRESTART_ENV = "RAY_prestart_worker_first_driver"
-
-
-def ray_init(address: str = "", **options: Any) -> None:
-    """Connect to `address`, $RAY_ADDRESS (set by `ray job submit`), or start a local Ray (`options`: more of
-    `ray.init`'s arguments, e.g. num_cpus for a local one)."""
-    import ray
-
-    # Ray 2.60 warns on every start that token authentication is on; the README says how the token is used
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    if not ray.is_initialized():
-        # A local start prestarts a worker per CPU for a job without a runtime env. This job's workers carry one
-        # (below), so those would never run anything while taking ~1% of a core each from the trials; only the
-        # raylet a local start spawns reads this (a user's own setting stands).
-        os.environ.setdefault(PRESTART_ENV, "0")
-        # every worker of this job starts with the allocator setting the driver uses (trials, tasks, actors)
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
-                 runtime_env={"env_vars": {GIT_SHA_ENV: git_sha(), **malloc_env()}}, **options)
-        stop_on_sigterm()  # again: Ray's core worker installs its own SIGTERM handler, which aborts the driver
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (`ray job stop`, a scheduler, `kill`) stops a job as Ctrl-C does: re-sent as SIGINT, it reaches
-    Tune's own handler while trials run (state saved, runs marked KILLED, exit 130), else KeyboardInterrupt."""
-    if threading.current_thread() is threading.main_thread():
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a script (`&`)
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # else the re-sent SIGINT would be ignored
-        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
-
-
-def cluster_has_gpu() -> bool:
-    """Whether the connected Ray cluster has any GPU (so tasks and trials may ask for one)."""
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
-
-
-def use_assigned_cpus() -> int:
-    """Inside a Ray task or trial: as many torch threads as CPUs Ray reserved for it (Ray's default for a
-    worker is 1 thread whatever it reserved), and the allocator setting of `keep_freed_memory` (already in
-    effect in a worker `ray_init` started; this covers workers of a cluster started otherwise). Returns the
-    thread count."""
-    import ray
-
-    keep_freed_memory()
-    threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    torch.set_num_threads(threads)
-    return threads
-
-
-def remote_task(fn: Callable[..., Any], num_cpus: float = 1.0, num_gpus: float = 0.0):
-    """`fn` as a Ray remote function reserving `num_cpus` CPUs and, where the cluster has GPUs, `num_gpus`; inside
-    the task torch runs on as many threads as CPUs were reserved. Call `ray_init()` first; `.remote(...)` it."""
-    import ray
-
-    @functools.wraps(fn)
-    def sized(*args, **kwargs):
-        use_assigned_cpus()
-        return fn(*args, **kwargs)
-
-    return ray.remote(sized).options(num_cpus=num_cpus, num_gpus=num_gpus if cluster_has_gpu() else 0.0)
 
 
 class UnreadableFileError(ValueError):

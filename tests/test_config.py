@@ -135,7 +135,7 @@ def test_sigterm_stops_a_job_that_was_started_with_sigint_ignored(tmp_path):
     from conftest import REPO
 
     code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from library.runtime import stop_on_sigterm\n"
+            "from library.cluster import stop_on_sigterm\n"
             "stop_on_sigterm()\nprint('ready', flush=True)\n"
             "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('stopped as by Ctrl-C', flush=True)\n") % str(REPO)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -172,10 +172,49 @@ def test_a_local_ray_starts_no_workers_that_its_jobs_could_never_use():
 
     from conftest import REPO
 
-    code = ("import os, time, psutil, ray; from library.runtime import ray_init; "
+    code = ("import os, time, psutil, ray; from library.cluster import ray_init; "
             "ray_init('local', num_cpus=2, include_dashboard=False); time.sleep(3); "
             "idle = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ['ray::IDLE']]; "
             "pid = ray.get(ray.remote(lambda: os.getpid()).remote()); print(len(idle), pid != os.getpid())")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "RAY_ADDRESS": "local"})
     assert out.returncode == 0 and out.stdout.split() == ["0", "True"], out.stderr[-2000:]
+
+
+@pytest.mark.ray
+def test_a_worker_told_to_stop_while_collecting_garbage_stops_without_a_traceback():
+    """Ray stops a worker it no longer needs with SIGTERM. Landing in a weakref callback, the exit Ray's handler
+    raises cannot propagate: Python would print a traceback on the driver's console and the worker carry on."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import REPO
+
+    code = textwrap.dedent("""
+        import os, signal, time, weakref, ray
+        from library.cluster import ray_init, use_assigned_cpus
+        ray_init('local', num_cpus=1, include_dashboard=False)
+
+        @ray.remote
+        class Worker:
+            def stop_while_collecting_garbage(self):
+                use_assigned_cpus()
+                def told_to_stop(ref):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.5)  # Ray's handler runs here, inside the callback
+                self.ref = weakref.ref(type("Garbage", (), {})(), told_to_stop)
+                time.sleep(10)
+                return "carried on"
+
+        try:
+            print(ray.get(Worker.remote().stop_while_collecting_garbage.remote()))
+        except ray.exceptions.ActorDiedError:
+            print("stopped")
+        time.sleep(1)  # the worker's last lines reach the driver
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RAY_ADDRESS": "local"})
+    assert out.stdout.split()[-1:] == ["stopped"], out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Exception ignored" not in out.stdout + out.stderr, out.stderr[-2000:]

@@ -13,7 +13,7 @@ import mlflow
 from .. import tracking
 from ..config import Config, ConfigError
 from ..data.storage import data_root
-from ..runtime import cluster_has_gpu, ray_init
+from ..cluster import cluster_has_gpu, ray_init
 from . import report
 from .lease import Lease, acquire
 from .catalog import CATALOG, Entry, select

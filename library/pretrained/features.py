@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from ..config import Config, ConfigError
 from ..data.photos import PhotoDataset, PhotoSet
 from ..data.storage import data_root
-from ..runtime import (UnreadableFileError, eval_mode, faster_memory_format, keep_freed_memory, pick_device,
-                       ray_init, remote_task)
+from ..cluster import ray_init, remote_task
+from ..runtime import UnreadableFileError, eval_mode, faster_memory_format, keep_freed_memory, pick_device
 from .backbones import LITE0, Backbone, BackboneSpec, check_model_name
 from .folding import folded_for_inference
 from .weights_memo import BackboneFacts, backbone_facts, memo_path

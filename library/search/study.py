@@ -25,7 +25,8 @@ from ..data import ImageData
 from ..data.options import DataOptions, load_data
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure
-from ..runtime import load_tensors, ray_init
+from ..cluster import ray_init
+from ..runtime import load_tensors
 from ..train.recipe import TrainConfig, model_options
 from . import study_report
 from .checkpoints import CHECKPOINT_FILE

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from .. import tracking
 from ..config import Config, ConfigError, digest, project
 from ..data import ImageData
-from ..runtime import cluster_has_gpu
+from ..cluster import cluster_has_gpu
 from .checkpoints import check_free_space, check_saved_state
 from .outcome import SweepOutcome, all_trials_done, is_complete
 from .space import SearchSpace

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..data import ImageData
-from ..runtime import use_assigned_cpus
+from ..cluster import use_assigned_cpus
 from ..train.evaluation import evaluate
 from ..train.loop import train
 from .checkpoints import CHECKPOINT_FILE, restore_state

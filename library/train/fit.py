@@ -22,7 +22,7 @@ from .. import model_store, tracking
 from ..data import ImageData, ImageSet
 from ..models import create_model, first_conv
 from ..plots import filter_grid_figure, training_curves_figure
-from ..runtime import cluster_has_gpu, remote_task
+from ..cluster import cluster_has_gpu, remote_task
 from .evaluation import evaluate, robust_accuracy
 from .loop import EpochCallback, train
 from .recipe import TrainConfig, model_options
