@@ -124,28 +124,6 @@ def test_dotted_keys_reach_into_nested_mappings_without_touching_the_defaults():
         override(Spaced(), {"space.lr.x": 3})
 
 
-def test_sigterm_stops_a_job_that_was_started_with_sigint_ignored(tmp_path):
-    """A script that starts a job in the background (`job &`) leaves SIGINT ignored in it; SIGTERM (`kill`,
-    `ray job stop`) must still stop it as Ctrl-C does, not be re-sent as a signal the job ignores."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
-
-    code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from library.cluster import stop_on_sigterm\n"
-            "stop_on_sigterm()\nprint('ready', flush=True)\n"
-            "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('stopped as by Ctrl-C', flush=True)\n") % str(REPO)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.communicate(timeout=30)[0].strip() == "stopped as by Ctrl-C"
-
-
 def test_workers_get_the_allocator_setting_in_their_environment_unless_turned_off(monkeypatch):
     from library.runtime import malloc_env
 
@@ -160,61 +138,3 @@ def test_workers_get_the_allocator_setting_in_their_environment_unless_turned_of
     assert malloc_env()["GLIBC_TUNABLES"] == ours
     monkeypatch.setenv("CV_GLIBC_MALLOC_TUNING", "0")
     assert malloc_env() == {}
-
-
-@pytest.mark.ray
-def test_a_local_ray_starts_no_workers_that_its_jobs_could_never_use():
-    """Ray prestarts a worker per CPU for jobs without a runtime env; ours carry one, so those would idle on,
-    taking CPU from the trials. A job's local Ray has none; its tasks still run."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    code = ("import os, time, psutil, ray; from library.cluster import ray_init; "
-            "ray_init('local', num_cpus=2, include_dashboard=False); time.sleep(3); "
-            "idle = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ['ray::IDLE']]; "
-            "pid = ray.get(ray.remote(lambda: os.getpid()).remote()); print(len(idle), pid != os.getpid())")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "RAY_ADDRESS": "local"})
-    assert out.returncode == 0 and out.stdout.split() == ["0", "True"], out.stderr[-2000:]
-
-
-@pytest.mark.ray
-def test_a_worker_told_to_stop_while_collecting_garbage_stops_without_a_traceback():
-    """Ray stops a worker it no longer needs with SIGTERM. Landing in a weakref callback, the exit Ray's handler
-    raises cannot propagate: Python would print a traceback on the driver's console and the worker carry on."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
-    from conftest import REPO
-
-    code = textwrap.dedent("""
-        import os, signal, time, weakref, ray
-        from library.cluster import ray_init, use_assigned_cpus
-        ray_init('local', num_cpus=1, include_dashboard=False)
-
-        @ray.remote
-        class Worker:
-            def stop_while_collecting_garbage(self):
-                use_assigned_cpus()
-                def told_to_stop(ref):
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    time.sleep(0.5)  # Ray's handler runs here, inside the callback
-                self.ref = weakref.ref(type("Garbage", (), {})(), told_to_stop)
-                time.sleep(10)
-                return "carried on"
-
-        try:
-            print(ray.get(Worker.remote().stop_while_collecting_garbage.remote()))
-        except ray.exceptions.ActorDiedError:
-            print("stopped")
-        time.sleep(1)  # the worker's last lines reach the driver
-    """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "RAY_ADDRESS": "local"})
-    assert out.stdout.split()[-1:] == ["stopped"], out.stdout[-2000:] + out.stderr[-2000:]
-    assert "Exception ignored" not in out.stdout + out.stderr, out.stderr[-2000:]

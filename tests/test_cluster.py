@@ -1,0 +1,78 @@
+"""Ray at the edges of a job (library/cluster.py): how the driver takes SIGTERM, and what every worker a job
+starts is like. The worker checks share one driver, so one local Ray start."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import REPO
+
+
+def test_sigterm_stops_a_job_that_was_started_with_sigint_ignored():
+    """A script that starts a job in the background (`job &`) leaves SIGINT ignored in it; SIGTERM (`kill`,
+    `ray job stop`) must still stop it as Ctrl-C does, not be re-sent as a signal the job ignores."""
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from library.cluster import stop_on_sigterm\n"
+            "stop_on_sigterm()\nprint('ready', flush=True)\n"
+            "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('stopped as by Ctrl-C', flush=True)\n") % str(REPO)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.communicate(timeout=30)[0].strip() == "stopped as by Ctrl-C"
+
+
+WORKER_CHECKS = textwrap.dedent("""
+    import os, signal, time, weakref, psutil, ray
+    from library.cluster import ray_init, use_assigned_cpus
+    ray_init('local', num_cpus=2, include_dashboard=False)
+    time.sleep(3)
+    idle = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ['ray::IDLE']]
+    print('idle workers', len(idle))
+    print('task in a worker', ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid())
+
+    @ray.remote
+    class Worker:
+        def stop_while_collecting_garbage(self):
+            use_assigned_cpus()
+            def told_to_stop(ref):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.5)  # Ray's handler runs here, inside the callback
+            self.ref = weakref.ref(type("Garbage", (), {})(), told_to_stop)
+            time.sleep(10)
+            return "carried on"
+
+    try:
+        print('told to stop while collecting garbage:', ray.get(Worker.remote().stop_while_collecting_garbage.remote()))
+    except ray.exceptions.ActorDiedError:
+        print('told to stop while collecting garbage: stopped')
+    time.sleep(1)  # the worker's last lines reach the driver
+""")
+
+
+@pytest.fixture(scope="module")
+def worker_checks() -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WORKER_CHECKS], cwd=REPO, capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "RAY_ADDRESS": "local"})
+
+
+@pytest.mark.ray
+def test_a_local_ray_starts_no_workers_that_its_jobs_could_never_use(worker_checks):
+    """Ray prestarts a worker per CPU for jobs without a runtime env; ours carry one, so those would idle on,
+    taking CPU from the trials. A job's local Ray has none; its tasks still run."""
+    out = worker_checks.stdout
+    assert "idle workers 0\n" in out and "task in a worker True\n" in out, out + worker_checks.stderr[-2000:]
+
+
+@pytest.mark.ray
+def test_a_worker_told_to_stop_while_collecting_garbage_stops_without_a_traceback(worker_checks):
+    """Ray stops a worker it no longer needs with SIGTERM. Landing in a weakref callback, the exit Ray's handler
+    raises cannot propagate: Python would print a traceback on the driver's console and the worker carry on."""
+    out, err = worker_checks.stdout, worker_checks.stderr
+    assert "told to stop while collecting garbage: stopped" in out, out + err[-2000:]
+    assert "Exception ignored" not in out + err, err[-2000:]
