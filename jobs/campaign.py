@@ -12,9 +12,12 @@ sweeps and studies resume, nothing evaluates a test set twice. `--name` starts a
 """
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":  # run as a job: no garbage collection while its imports load (see run_job)
+    gc.disable()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
 
 from library.campaign.schedule import CampaignOptions, run_campaign  # noqa: E402

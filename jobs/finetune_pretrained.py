@@ -11,11 +11,14 @@ with its training loss per epoch.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+if __name__ == "__main__":  # run as a job: no garbage collection while its imports load (see run_job)
+    gc.disable()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
 
 import mlflow  # noqa: E402

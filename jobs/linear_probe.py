@@ -15,6 +15,7 @@ per-class table and the confusion matrix.
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -23,6 +24,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+if __name__ == "__main__":  # run as a job: no garbage collection while its imports load (see run_job)
+    gc.disable()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
 
 import mlflow  # noqa: E402

@@ -13,11 +13,14 @@ test-accuracy tables, each trial's model. Interrupted? The same command resumes 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+if __name__ == "__main__":  # run as a job: no garbage collection while its imports load (see run_job)
+    gc.disable()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
 
 import mlflow  # noqa: E402

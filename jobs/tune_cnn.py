@@ -18,6 +18,7 @@ resumes from its storage path and keeps logging into the same runs.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+if __name__ == "__main__":  # run as a job: no garbage collection while its imports load (see run_job)
+    gc.disable()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's library/, also under `ray job submit`
 
 import mlflow  # noqa: E402

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 from .cluster import stop_on_sigterm
 from .config import Config, ConfigError, describe, override, parse_argv
 from .data import DatasetCorruptError, DatasetNotFoundError
-from .runtime import UnreadableFileError, git_sha, keep_freed_memory
+from .runtime import UnreadableFileError, collect_after_imports, git_sha, keep_freed_memory
 from .model_store import ModelNotRegisteredError
 from .tracking import TrackingUnavailableError, tracking_uri
 
@@ -62,6 +62,7 @@ def run_job(main: Callable[[C], Any], cls: type[C], smoke: Mapping[str, Any] | N
     """Parse the job's config (`resolve` then fills in what depends on the machine), print the banner, run
     `main`; the expected failures end in one line on stderr and exit status 2."""
     argv = sys.argv[1:] if argv is None else argv
+    collect_after_imports()  # the job's imports are done (its header paused the collector for them)
     stop_on_sigterm()
     keep_freed_memory()  # every path of every job: training, extraction, attacks, evaluation (see runtime.py)
     try:
