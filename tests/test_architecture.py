@@ -133,3 +133,16 @@ def test_a_trial_process_imports_neither_mlflow_nor_timm():
 def test_no_module_over_300_lines(module):
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= 300, f"{module} has {lines} lines: split it by what its parts do"
+
+
+@pytest.mark.parametrize("job", sorted(p.name for p in (REPO / "jobs").glob("*.py")))
+def test_every_job_pauses_the_collector_before_its_imports(job):
+    """run_job turns collection back on with what the imports built frozen (library/runtime.py); a job that skips
+    the pause pays ~1 s of collections while torch and MLflow load."""
+    body = ast.parse((REPO / "jobs" / job).read_text()).body
+    pause = next(i for i, node in enumerate(body) if isinstance(node, ast.If) and "gc.disable()" in ast.unparse(node)
+                 and ast.unparse(node.test) == "__name__ == '__main__'")
+    first_import = next(i for i, node in enumerate(body) if isinstance(node, (ast.Import, ast.ImportFrom))
+                        and (node.names[0].name if isinstance(node, ast.Import) else node.module or "").split(".")[0]
+                        not in sys.stdlib_module_names | {"__future__"})
+    assert pause < first_import

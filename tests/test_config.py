@@ -1,8 +1,11 @@
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import pytest
 
+from conftest import REPO
 from library.cli import parse_job_config
 from library.config import ConfigError, coerce, flatten, override, parse_argv
 
@@ -138,3 +141,16 @@ def test_workers_get_the_allocator_setting_in_their_environment_unless_turned_of
     assert malloc_env()["GLIBC_TUNABLES"] == ours
     monkeypatch.setenv("CV_GLIBC_MALLOC_TUNING", "0")
     assert malloc_env() == {}
+
+
+def test_a_job_loads_its_imports_without_collecting_and_collects_again_once_run_job_starts():
+    # the real script as `python jobs/train_cnn.py --help` runs it, then the collector's state once run_job is done
+    code = ("import gc, runpy, sys\n"
+            "sys.argv = ['jobs/train_cnn.py', '--help']\n"
+            "try:\n    runpy.run_path('jobs/train_cnn.py', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print(sum(s['collections'] for s in gc.get_stats()), gc.isenabled(), gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    collections, enabled, frozen = out.stdout.split()[-3:]
+    assert int(collections) < 100  # with the collector on throughout, importing torch and MLflow makes ~1,200
+    assert enabled == "True" and int(frozen) > 100_000  # the imported objects: out of every later collection
