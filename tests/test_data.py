@@ -1,5 +1,7 @@
 import multiprocessing as mp
 import pickle
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -7,7 +9,7 @@ import pytest
 import torch
 from torchvision.datasets import CIFAR10
 
-from conftest import synthetic_images, write_cifar10, write_mnist
+from conftest import REPO, synthetic_images, write_cifar10, write_mnist
 from library.data import (DATA_ROOT_ENV, DatasetCorruptError, DatasetNotFoundError, ImageSet, StagedCopyWarning,
                           data_root, load_cifar10, load_mnist, split_train_val)
 from library.data.storage import DatasetFiles, prepare
@@ -61,6 +63,23 @@ def test_cifar10_is_read_from_the_real_layout(tmp_path):
         batch = pickle.load(f)
     assert torch.equal(data.test.images[3].flatten(), torch.from_numpy(batch["data"][3]))
     assert data.test.labels.tolist() == batch["labels"]
+
+
+def test_cifar10_files_are_torchvisions_and_reading_them_imports_no_torchvision(cifar_root, mnist_root):
+    """The file table is written out here (torchvision's import brings torch._dynamo, ~1.5 s, into every job and
+    Ray task that reads CIFAR-10 or MNIST or attacks a model); torchvision still downloads, through its own class."""
+    from library.data import cifar
+
+    assert (cifar.CIFAR10_FOLDER, cifar.CIFAR10_URL, cifar.CIFAR10_TGZ_MD5) == (CIFAR10.base_folder, CIFAR10.url,
+                                                                              CIFAR10.tgz_md5)
+    assert [list(f) for f in cifar.CIFAR10_TRAIN + cifar.CIFAR10_TEST] == CIFAR10.train_list + CIFAR10.test_list
+    assert cifar.CIFAR10_META == (CIFAR10.meta["filename"], CIFAR10.meta["md5"])
+    code = (f"import sys, warnings; warnings.simplefilter('ignore'); from library.data import load_cifar10; "
+            f"import library.adversarial.robustness; load_cifar10({str(cifar_root)!r}, val_size=50); "
+            f"from library.data import load_mnist; load_mnist({str(mnist_root)!r}, val_size=20); "
+            f"assert not {{'torchvision', 'torch._dynamo'}} & set(sys.modules), sorted(sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_split_is_seeded_stratified_and_disjoint():
@@ -137,6 +156,18 @@ def test_mnist_is_read_from_the_real_idx_layout(tmp_path):
         data = load_mnist(mnist_root, val_size=20)
     assert data.train.images.shape[1:] == (1, 28, 28) and len(data.train) == 180 and len(data.test) == 50
     assert data.train.images.dtype == torch.uint8 and set(data.test.labels.tolist()) <= set(range(10))
+    # read here, as torchvision's class reads them (and names its first mirror as ours); a cut file is refused
+    from torchvision.datasets import MNIST
+
+    from library.data.mnist import MNIST_MIRROR, read_idx
+
+    assert MNIST.mirrors[0] == MNIST_MIRROR
+    theirs = MNIST(str(mnist_root), train=False)
+    assert torch.equal(data.test.images[:, 0], theirs.data) and torch.equal(data.test.labels, theirs.targets)
+    raw = mnist_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    raw.write_bytes(raw.read_bytes()[:-5])
+    with pytest.raises(DatasetCorruptError, match="t10k-images-idx3-ubyte is not an MNIST idx file.*ossci"):
+        read_idx(raw, 3)
 
 
 def test_missing_mnist_says_which_files_to_put_where(tmp_path):

@@ -7,7 +7,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 
 
 def flip(x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
@@ -23,6 +22,8 @@ def crop80(x: torch.Tensor, g: torch.Generator | None = None, fraction: float = 
     else:
         top = int(torch.randint(h - ch + 1, (1,), generator=g))
         left = int(torch.randint(w - cw + 1, (1,), generator=g))
+    import torchvision.transforms.v2.functional as TF  # here: torchvision's import brings torch._dynamo (~1.5 s)
+
     return TF.resize(x[..., top:top + ch, left:left + cw], [h, w], antialias=True)
 
 
@@ -41,6 +42,8 @@ def rotate30(x: torch.Tensor, g: torch.Generator | None = None, degrees: float =
 
 
 def grayscale(x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
     return TF.rgb_to_grayscale(x, num_output_channels=3)
 
 

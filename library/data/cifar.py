@@ -31,12 +31,21 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _torchvision_cifar10():
-    """torchvision's dataset class, which knows CIFAR-10's files, checksums and address: imported when needed
-    (torchvision's import costs a second, which a job that never reads CIFAR-10 should not pay)."""
+# torchvision's CIFAR10 class attributes (tests check they agree), here so that naming the files imports nothing:
+# torchvision's import brings torch._dynamo (~1.5 s), which a job that only reads CIFAR-10 should not pay
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_URL, CIFAR10_TGZ_MD5 = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"
+CIFAR10_TRAIN = (("data_batch_1", "c99cafc152244af753f735de768cd75f"), ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                 ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"), ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                 ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"))
+CIFAR10_TEST = (("test_batch", "40351d587109b95175f43aff81a1287e"),)
+CIFAR10_META = ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888")
+
+
+def _download_cifar10(root: Path) -> None:
     from torchvision.datasets import CIFAR10
 
-    return CIFAR10
+    CIFAR10(str(root), train=True, download=True)
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
@@ -50,33 +59,27 @@ def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise DatasetCorruptError(f"{path} is not a CIFAR-10 batch ({type(e).__name__}: {e}); it was not run. "
                                   f"Replace it with the file from the official archive, "
-                                  f"{_torchvision_cifar10().url}") from e
+                                  f"{CIFAR10_URL}") from e
     if not ok:
         raise DatasetCorruptError(f"{path} does not hold CIFAR-10 images (a uint8 N×3072 'data' and N labels in "
                                   f"0..9); replace it with the file from the official archive, "
-                                  f"{_torchvision_cifar10().url}")
+                                  f"{CIFAR10_URL}")
     return data, labels
 
 
 def cifar10_files() -> DatasetFiles:
-    CIFAR10 = _torchvision_cifar10()
     return DatasetFiles(
         name="CIFAR-10",
-        folder=CIFAR10.base_folder,
-        files={name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
-        | {CIFAR10.meta["filename"]: CIFAR10.meta["md5"]},
-        download=lambda root: CIFAR10(str(root), train=True, download=True),
-        sources=[
-            f"{CIFAR10.url} (md5 {CIFAR10.tgz_md5}): put the archive itself in the data root, or its extracted"
-            f" {CIFAR10.base_folder}/ folder",
-        ],
+        folder=CIFAR10_FOLDER,
+        files=dict(CIFAR10_TRAIN + CIFAR10_TEST + (CIFAR10_META,)),
+        download=_download_cifar10,
+        sources=[f"{CIFAR10_URL} (md5 {CIFAR10_TGZ_MD5}): put the archive itself in the data root, or its extracted"
+                 f" {CIFAR10_FOLDER}/ folder"],
     )
 
 
 def _read_split(root: Path, train: bool) -> ImageSet:
-    CIFAR10 = _torchvision_cifar10()
-    files = CIFAR10.train_list if train else CIFAR10.test_list
-    batches = [read_batch(root / CIFAR10.base_folder / name) for name, _ in files]
+    batches = [read_batch(root / CIFAR10_FOLDER / name) for name, _ in (CIFAR10_TRAIN if train else CIFAR10_TEST)]
     images = np.concatenate([data for data, _ in batches]).reshape(-1, 3, 32, 32)  # stored channel-major
     labels = [y for _, batch_labels in batches for y in batch_labels]
     return ImageSet(torch.from_numpy(images), torch.as_tensor(labels, dtype=torch.long))
