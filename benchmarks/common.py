@@ -21,6 +21,13 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def preload_torch_dynamo() -> None:
+    """Import torch._dynamo before anything is timed: torch's optimisers import it on their first use (~1.5 s),
+    a one-off that belongs to neither contender's timing (reading CIFAR-10 imported it, through torchvision, until
+    the data code stopped importing torchvision)."""
+    import torch._dynamo  # noqa: F401
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import device_name, save  # noqa: E402
+from benchmarks.common import device_name, preload_torch_dynamo, save  # noqa: E402
 from library import tracking  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import Config as BaseConfig  # noqa: E402
@@ -109,6 +109,7 @@ def startup() -> dict[str, float]:
 
 def main(cfg: Config) -> dict:
     torch.set_num_threads(2)
+    preload_torch_dynamo()
     data = load_cifar10(cfg.data_root or None, val_size=2000).limit(train=cfg.images)
     base = TrainConfig(model="improved_cnn", model_kw={"widths": (32, 64), "depth": 1}, epochs=cfg.epochs)
     space = SearchSpace({"lr": LRS}, base)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.common import device_name, save  # noqa: E402
+from benchmarks.common import device_name, preload_torch_dynamo, save  # noqa: E402
 from library.cli import run_job  # noqa: E402
 from library.config import Config as BaseConfig, ConfigError  # noqa: E402
 from library.data import ImageData, load_cifar10  # noqa: E402
@@ -326,6 +326,7 @@ def curves_figure(points: list[Point], title: str):
 
 def main(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
+    preload_torch_dynamo()
     ours_cfg, source = load_contender(cfg.config)
     data = load_cifar10(cfg.data_root or None, val_size=0).limit(test=cfg.test_images, seed=cfg.seed)
     with tempfile.TemporaryDirectory() as workdir:
