@@ -2,7 +2,8 @@
 
     config.py      typed configs: the Config base (checks chained through super()), --key=value overrides
     cli.py         the shared __main__ of every job: parse, banner, run, clear errors
-    runtime.py     where code runs: device, seeding, allocator, threads, git SHA, reading tensor files
+    runtime.py     where code runs: device, seeding, allocator, threads, the collector after a job's imports,
+                   git SHA, reading tensor files
     cluster.py     Ray's edges: connecting the driver (ray_init), a task's resources (remote_task), SIGTERM
     tracking.py    MLflow: the store (opened while a job starts), runs, provenance tags
     model_store.py trained models in MLflow: logged with their rebuild spec, registered, loaded back
