@@ -57,14 +57,14 @@ def read_idx(path: Path, dims: int) -> torch.Tensor:
 
 def load_mnist(root: str | Path | None = None, val_size: int = 5000, seed: int = 0, download: bool = True) -> ImageData:
     """MNIST as uint8 tensors: a seeded train/validation split of the 60k training digits, and the 10k test set."""
-    root = data_root(root)
-    verified = prepare(mnist_files(), root, download=download)
-    sets = []
+    root, spec = data_root(root), mnist_files()
+    verified = prepare(spec, root, download=download)
+    folder, sets = root / spec.folder, []
     for split in ("train", "t10k"):
-        images = read_idx(root / "MNIST" / "raw" / f"{split}-images-idx3-ubyte", 3)
-        labels = read_idx(root / "MNIST" / "raw" / f"{split}-labels-idx1-ubyte", 1)
+        images = read_idx(folder / f"{split}-images-idx3-ubyte", 3)
+        labels = read_idx(folder / f"{split}-labels-idx1-ubyte", 1)
         if len(labels) != len(images):
-            raise DatasetCorruptError(f"{root / 'MNIST' / 'raw'}: {split} has {len(images)} images and {len(labels)} "
+            raise DatasetCorruptError(f"{folder}: {split} has {len(images)} images and {len(labels)} "
                                       f"labels; replace both files with those from {MNIST_MIRROR}")
         sets.append(ImageSet(images.unsqueeze(1).contiguous(), labels.long()))
     train_set, val_set = split_train_val(sets[0], val_size, seed)
