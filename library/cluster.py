@@ -2,13 +2,14 @@
 the driver and the workers take SIGTERM. Ray is imported only when used."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -25,15 +26,48 @@ def ray_init(address: str = "", **options: Any) -> None:
 
     # Ray 2.60 warns on every start that token authentication is on; the README says how the token is used
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    if not ray.is_initialized():
-        # A local start prestarts a worker per CPU for a job without a runtime env. This job's workers carry one
-        # (below), so those would never run anything while taking ~1% of a core each from the trials; only the
-        # raylet a local start spawns reads this (a user's own setting stands).
-        os.environ.setdefault(PRESTART_ENV, "0")
-        # every worker of this job starts with the allocator setting the driver uses (trials, tasks, actors)
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None,
-                 runtime_env={"env_vars": {GIT_SHA_ENV: git_sha(), **malloc_env()}}, **options)
-        stop_on_sigterm()  # again: Ray's core worker installs its own SIGTERM handler, which aborts the driver
+    if ray.is_initialized():
+        return
+    # Ray prestarts a worker per CPU when the first driver connects. A job asks for the workers it needs; the
+    # others would idle on, taking ~1% of a core each from the trials; only a raylet a local start spawns reads
+    # this (a user's own setting stands).
+    os.environ.setdefault(PRESTART_ENV, "0")
+    # every worker of this job starts with the allocator setting the driver uses (trials, tasks, actors)
+    worker_env = {GIT_SHA_ENV: git_sha(), **malloc_env()}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if _starts_a_local_ray(address):
+        # A new local Ray's processes inherit this one's environment, so its workers need no runtime env: with
+        # one, each worker starts as a second interpreter first (Ray's setup_worker.py), ~0.5 s more per worker
+        with _environment(worker_env):
+            ray.init(address="local", **options)
+    else:
+        ray.init(address=address, runtime_env={"env_vars": worker_env}, **options)
+    stop_on_sigterm()  # again: Ray's core worker installs its own SIGTERM handler, which aborts the driver
+
+
+def _starts_a_local_ray(address: str | None) -> bool:
+    """Whether `ray.init(address)` would start a new local Ray rather than join a running one (with no address,
+    Ray joins a cluster `ray start` left on this machine). Ray's own rule; unknown: joins."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:
+        return address == "local"
+    return canonicalize_bootstrap_address(address) is None
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """`variables` set in this process's environment inside the block only."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def stop_on_sigterm() -> None:

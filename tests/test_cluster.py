@@ -28,13 +28,33 @@ def test_sigterm_stops_a_job_that_was_started_with_sigint_ignored():
 
 
 WORKER_CHECKS = textwrap.dedent("""
-    import os, signal, time, weakref, psutil, ray
+    import os, signal, subprocess, sys, time, weakref, psutil, ray
     from library.cluster import ray_init, use_assigned_cpus
+    from library.runtime import git_sha
+    JOIN = '''if True:
+        import os, ray
+        from library.cluster import ray_init
+        ray_init()
+        worker_env = lambda: (ray.get_runtime_context().get_runtime_env_string() != '{}',
+                              'glibc.malloc.mmap_max=0' in os.environ['GLIBC_TUNABLES'], os.environ['CV_GIT_SHA'])
+        print('joined: runtime env, allocator setting, git sha', ray.get(ray.remote(worker_env).remote()))'''
+    inherited = lambda: {name: os.environ.get(name) for name in ('GLIBC_TUNABLES', 'CV_GIT_SHA')}
+    before = inherited()
     ray_init('local', num_cpus=2, include_dashboard=False)
     time.sleep(3)
     idle = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ['ray::IDLE']]
     print('idle workers', len(idle))
     print('task in a worker', ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid())
+
+    def worker_env():
+        context = ray.get_runtime_context()
+        return (context.get_runtime_env_string() != '{}', 'glibc.malloc.mmap_max=0' in os.environ['GLIBC_TUNABLES'],
+                os.environ['CV_GIT_SHA'] == git_sha())
+    print('local start: runtime env, allocator setting, git sha', ray.get(ray.remote(worker_env).remote()))
+    print('driver environment unchanged', inherited() == before)
+    joined = subprocess.run([sys.executable, '-c', JOIN], capture_output=True, text=True, timeout=120,
+                            env=os.environ | {'RAY_ADDRESS': ray.get_runtime_context().gcs_address})
+    print(joined.stdout.strip().splitlines()[-1] if joined.returncode == 0 else joined.stderr[-2000:])
 
     @ray.remote
     class Worker:
@@ -63,10 +83,23 @@ def worker_checks() -> subprocess.CompletedProcess:
 
 @pytest.mark.ray
 def test_a_local_ray_starts_no_workers_that_its_jobs_could_never_use(worker_checks):
-    """Ray prestarts a worker per CPU for jobs without a runtime env; ours carry one, so those would idle on,
-    taking CPU from the trials. A job's local Ray has none; its tasks still run."""
+    """Ray prestarts a worker per CPU; a job asks for the workers it needs, and the others would idle on, taking
+    CPU from the trials. A job's local Ray has none; its tasks still run."""
     out = worker_checks.stdout
     assert "idle workers 0\n" in out and "task in a worker True\n" in out, out + worker_checks.stderr[-2000:]
+
+
+@pytest.mark.ray
+def test_workers_start_with_the_allocator_setting_and_the_code_version_inherited_locally_or_by_runtime_env(
+        worker_checks):
+    """A local Ray's workers inherit them from the driver's environment, set for the start only (no runtime env:
+    it would make each worker start as two interpreters); a driver joining a running Ray hands them over in its
+    runtime env."""
+    out = worker_checks.stdout
+    assert "local start: runtime env, allocator setting, git sha (False, True, True)\n" in out, \
+        out + worker_checks.stderr[-2000:]
+    assert "driver environment unchanged True\n" in out, out
+    assert "joined: runtime env, allocator setting, git sha (True, True, " in out, out
 
 
 @pytest.mark.ray
