@@ -181,10 +181,17 @@ def build_tuner(opts: SweepOptions, space: SearchSpace, data: ImageData, callbac
     run_config = tune.RunConfig(
         name=name, storage_path=root, callbacks=callbacks, verbose=0,  # progress.Progress prints instead
         stop=SweepBudget(opts.time_budget_s, path) if opts.time_budget_s else None,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(opts)),
         failure_config=tune.FailureConfig(max_failures=1),  # one retry from the last checkpoint (lost node)
     )
     return tune.Tuner(fn, param_space=param_space, tune_config=tune_config, run_config=run_config), False
+
+
+def _checkpoints_kept(opts: SweepOptions) -> int | None:
+    """Checkpoints kept per trial (one per epoch). PBT restores a lower trial from the checkpoint an upper one had
+    when they were compared; the lower trial may wait for a slot while the upper one trains on, so a count would
+    delete that checkpoint before it is read: under PBT every one is kept."""
+    return None if opts.scheduler == "pbt" else 2
 
 
 def expected_trials(opts: SweepOptions, space: SearchSpace) -> int:
