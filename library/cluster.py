@@ -28,17 +28,15 @@ def ray_init(address: str = "", **options: Any) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
-    # Ray prestarts a worker per CPU when the first driver connects. A job asks for the workers it needs; the
-    # others would idle on, taking ~1% of a core each from the trials; only a raylet a local start spawns reads
-    # this (a user's own setting stands).
-    os.environ.setdefault(PRESTART_ENV, "0")
     # every worker of this job starts with the allocator setting the driver uses (trials, tasks, actors)
     worker_env = {GIT_SHA_ENV: git_sha(), **malloc_env()}
     address = address or os.environ.get("RAY_ADDRESS") or None
     if _starts_a_local_ray(address):
         # A new local Ray's processes inherit this one's environment, so its workers need no runtime env: with
-        # one, each worker starts as a second interpreter first (Ray's setup_worker.py), ~0.5 s more per worker
-        with _environment(worker_env):
+        # one, each worker starts as a second interpreter first (Ray's setup_worker.py), ~0.5 s more per worker.
+        # Its raylet would prestart a worker per CPU; a job asks for the workers it needs, and the others would
+        # idle on, taking ~1% of a core each from the trials (a user's own setting stands).
+        with _environment(worker_env | {PRESTART_ENV: os.environ.get(PRESTART_ENV, "0")}):
             ray.init(address="local", **options)
     else:
         ray.init(address=address, runtime_env={"env_vars": worker_env}, **options)
