@@ -43,7 +43,7 @@ class SweepOptions(Config):
     search: Literal["optuna", "random", "grid"] = "optuna"
     scheduler: Literal["asha", "fifo", "pbt"] = "asha"  # asha stops weak trials early; fifo runs every trial
     # out; pbt (with search=random or grid) copies good trials' checkpoints and perturbs their training
-    # hyper-parameters every grace_period epochs
+    # hyper-parameters every grace_period epochs (it keeps every epoch's checkpoint of every trial on storage)
     grace_period: int = 2  # epochs every trial gets before ASHA may stop it
     reduction_factor: int = 3  # ASHA keeps the top 1/reduction_factor at each rung
     cpus_per_trial: float = 1.0
