@@ -5,6 +5,7 @@
     runtime.py     where code runs: device, seeding, allocator, threads, the collector after a job's imports,
                    git SHA, reading tensor files
     cluster.py     Ray's edges: connecting the driver (ray_init), a task's resources (remote_task), SIGTERM
+    worker_start.py what Ray runs in each worker before it takes work: the collector paused while it loads
     tracking.py    MLflow: the store (opened while a job starts), runs, provenance tags
     model_store.py trained models in MLflow: logged with their rebuild spec, registered, loaded back
     plots.py       figures every domain draws: training curves, filter grids, image grids

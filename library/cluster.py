@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
@@ -13,10 +14,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .runtime import GIT_SHA_ENV, git_sha, keep_freed_memory, malloc_env
+from .runtime import GIT_SHA_ENV, collect_after_imports, git_sha, keep_freed_memory, malloc_env
 
 
 PRESTART_ENV = "RAY_prestart_worker_first_driver"
+WORKER_START = "library.worker_start.pause_collector"  # Ray runs it in each worker before it takes work
 
 
 def ray_init(address: str = "", **options: Any) -> None:
@@ -34,12 +36,14 @@ def ray_init(address: str = "", **options: Any) -> None:
     if _starts_a_local_ray(address):
         # A new local Ray's processes inherit this one's environment, so its workers need no runtime env: with
         # one, each worker starts as a second interpreter first (Ray's setup_worker.py), ~0.5 s more per worker.
-        # Its raylet would prestart a worker per CPU; a job asks for the workers it needs, and the others would
-        # idle on, taking ~1% of a core each from the trials (a user's own setting stands).
-        with _environment(worker_env | {PRESTART_ENV: os.environ.get(PRESTART_ENV, "0")}):
+        # The set-up hook goes the same way: the variable is where Ray's runtime env would put it. Its raylet
+        # would prestart a worker per CPU; a job asks for the workers it needs, and the others would idle on,
+        # taking ~1% of a core each from the trials (a user's own setting stands).
+        with _environment(worker_env | _setup_hook_env() | {PRESTART_ENV: os.environ.get(PRESTART_ENV, "0")}):
             ray.init(address="local", **options)
     else:
-        ray.init(address=address, runtime_env={"env_vars": worker_env}, **options)
+        ray.init(address=address, runtime_env={"env_vars": worker_env, "worker_process_setup_hook": WORKER_START},
+                 **options)
     stop_on_sigterm()  # again: Ray's core worker installs its own SIGTERM handler, which aborts the driver
 
 
@@ -51,6 +55,16 @@ def _starts_a_local_ray(address: str | None) -> bool:
     except ImportError:
         return address == "local"
     return canonicalize_bootstrap_address(address) is None
+
+
+def _setup_hook_env() -> dict[str, str]:
+    """The variable by which Ray's runtime env gives workers a set-up hook named by module path; none where
+    this Ray has no such variable (its workers then start without the hook, only slower)."""
+    try:
+        from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    except ImportError:
+        return {}
+    return {WORKER_PROCESS_SETUP_HOOK_ENV_VAR: WORKER_START}
 
 
 @contextlib.contextmanager
@@ -86,10 +100,12 @@ def cluster_has_gpu() -> bool:
 
 def use_assigned_cpus() -> int:
     """Inside a Ray task or trial: torch on as many threads as CPUs Ray reserved (Ray's default is 1 whatever it
-    reserved), `keep_freed_memory` (for workers of a cluster `ray_init` did not start) and `exit_on_lost_sigterm`.
-    Returns the thread count."""
+    reserved), `keep_freed_memory` (for workers of a cluster `ray_init` did not start) and `exit_on_lost_sigterm`;
+    the first call in a worker turns its collector back on (`worker_start`). Returns the thread count."""
     import ray
 
+    if not gc.isenabled():  # paused by worker_start: only until the worker's first task, whose code is loaded
+        collect_after_imports()
     keep_freed_memory()
     exit_on_lost_sigterm()
     threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))

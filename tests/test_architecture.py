@@ -16,7 +16,8 @@ from conftest import REPO
 
 LIBRARY = REPO / "library"
 DOMAINS = ("train", "search", "pretrained", "adversarial", "campaign")
-PLUMBING = ("config", "runtime", "cluster", "tracking", "model_store", "plots", "stats", "data", "models")
+PLUMBING = ("config", "runtime", "cluster", "worker_start", "tracking", "model_store", "plots", "stats", "data",
+            "models")
 MLFLOW_ONLY = ("library.search.sweep_report", "library.search.study_report", "library.campaign.report",
                "library.campaign.runner")
 
@@ -64,6 +65,11 @@ def test_plumbing_and_the_shared_folders_import_no_domain_folder():
     offences = [f"{m} imports {t}" for m in MODULES if folder(m) in PLUMBING
                 for t in imports(m) if t.startswith("library.") and folder(t) in DOMAINS]
     assert not offences, offences
+
+
+def test_the_worker_start_hook_imports_nothing_that_it_would_load_with_the_collector_on():
+    """Ray runs it in a worker before the worker loads torch; anything it imported would load collecting."""
+    assert imports("library.worker_start") == {"gc"}
 
 
 ACROSS_DOMAINS = {"train": {"adversarial"}, "search": {"train"}, "pretrained": set(), "adversarial": set(),

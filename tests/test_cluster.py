@@ -28,16 +28,18 @@ def test_sigterm_stops_a_job_that_was_started_with_sigint_ignored():
 
 
 WORKER_CHECKS = textwrap.dedent("""
-    import os, signal, subprocess, sys, time, weakref, psutil, ray
-    from library.cluster import ray_init, use_assigned_cpus
+    import gc, os, signal, subprocess, sys, time, weakref, psutil, ray
+    from library.cluster import ray_init, remote_task, use_assigned_cpus
     from library.runtime import git_sha
     JOIN = '''if True:
-        import os, ray
+        import gc, os, ray
         from library.cluster import ray_init
         ray_init()
         worker_env = lambda: (ray.get_runtime_context().get_runtime_env_string() != '{}',
-                              'glibc.malloc.mmap_max=0' in os.environ['GLIBC_TUNABLES'], os.environ['CV_GIT_SHA'])
-        print('joined: runtime env, allocator setting, git sha', ray.get(ray.remote(worker_env).remote()))'''
+                              'glibc.malloc.mmap_max=0' in os.environ['GLIBC_TUNABLES'], not gc.isenabled(),
+                              os.environ['CV_GIT_SHA'])
+        print('joined: runtime env, allocator setting, collector paused, git sha',
+              ray.get(ray.remote(worker_env).remote()))'''
     inherited = lambda: {name: os.environ.get(name) for name in ('GLIBC_TUNABLES', 'CV_GIT_SHA')}
     before = inherited()
     ray_init('local', num_cpus=2, include_dashboard=False)
@@ -49,8 +51,12 @@ WORKER_CHECKS = textwrap.dedent("""
     def worker_env():
         context = ray.get_runtime_context()
         return (context.get_runtime_env_string() != '{}', 'glibc.malloc.mmap_max=0' in os.environ['GLIBC_TUNABLES'],
-                os.environ['CV_GIT_SHA'] == git_sha())
-    print('local start: runtime env, allocator setting, git sha', ray.get(ray.remote(worker_env).remote()))
+                not gc.isenabled(), os.environ['CV_GIT_SHA'] == git_sha())
+    print('local start: runtime env, allocator setting, collector paused, git sha',
+          ray.get(ray.remote(worker_env).remote()))
+    collector = lambda: (gc.isenabled(), gc.get_freeze_count() > 100_000)  # torch alone: ~300k objects
+    print('a task of the project: collector on, its imports frozen',
+          ray.get([remote_task(collector).remote() for _ in range(3)]))
     print('driver environment unchanged', inherited() == before)
     joined = subprocess.run([sys.executable, '-c', JOIN], capture_output=True, text=True, timeout=120,
                             env=os.environ | {'RAY_ADDRESS': ray.get_runtime_context().gcs_address})
@@ -96,10 +102,19 @@ def test_workers_start_with_the_allocator_setting_and_the_code_version_inherited
     it would make each worker start as two interpreters); a driver joining a running Ray hands them over in its
     runtime env."""
     out = worker_checks.stdout
-    assert "local start: runtime env, allocator setting, git sha (False, True, True)\n" in out, \
-        out + worker_checks.stderr[-2000:]
+    assert "local start: runtime env, allocator setting, collector paused, git sha (False, True, True, True)\n" \
+        in out, out + worker_checks.stderr[-2000:]
     assert "driver environment unchanged True\n" in out, out
-    assert "joined: runtime env, allocator setting, git sha (True, True, " in out, out
+    assert "joined: runtime env, allocator setting, collector paused, git sha (True, True, True, " in out, out
+
+
+@pytest.mark.ray
+def test_a_worker_loads_its_first_task_without_collecting_then_collects_with_those_imports_frozen(worker_checks):
+    """Every worker starts with the collector paused (Ray's set-up hook: inherited on a local start, in the
+    runtime env when joining); a task or trial of the project turns it back on, its imports out of its reach."""
+    out = worker_checks.stdout
+    assert "a task of the project: collector on, its imports frozen [(True, True), (True, True), (True, True)]\n" \
+        in out, out + worker_checks.stderr[-2000:]
 
 
 @pytest.mark.ray
