@@ -134,6 +134,16 @@ TWO_FAMILIES = {"model": {"improved_cnn": {"width": [8, 16], "stages": [2], "lr"
                 "epochs": [2]}
 
 
+def test_pbt_keeps_every_checkpoint_since_a_lower_trial_may_restore_an_upper_ones_epochs_later():
+    """PBT tells a lower trial to restore the checkpoint an upper one had when they were compared; the lower trial
+    may wait for a slot while the upper one trains on, and a retention count would delete it first (a trial then
+    fails: "Could not recover from checkpoint as it does not exist on storage anymore")."""
+    from library.search.sweep import _checkpoints_kept
+
+    assert _checkpoints_kept(SweepOptions(scheduler="pbt", search="random")) is None
+    assert _checkpoints_kept(SweepOptions(scheduler="asha")) == _checkpoints_kept(SweepOptions(scheduler="fifo")) == 2
+
+
 def test_a_family_space_searches_each_familys_own_parameters():
     from library.search.families import DEFAULT_SPACE, FamilySpace, make_space
 

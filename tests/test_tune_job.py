@@ -201,11 +201,6 @@ def test_population_based_training_runs_with_random_search(tmp_path, cifar_root)
     parents, children = runs_of(tmp_path, "pbt")
     statuses = [c.info.status for c in children]
     assert len(parents) == 1 and statuses == ["FINISHED"] * 3, (statuses, out.stdout[-3000:])
-    # a lower trial restores the checkpoint an upper one had when compared, maybe epochs later: none is deleted
-    trials = [d for d in (tmp_path / "ray").glob("pbt*/trainable_*") if d.is_dir()]
-    kept = {d.name: sorted(c.name for c in d.glob("checkpoint_*")) for d in trials}
-    assert len(trials) == 3 and all(names == [f"checkpoint_{i:06d}" for i in range(len(names))]
-                                    for names in kept.values()), kept
 
 
 def test_an_adversarial_training_sweep_is_ranked_by_robust_accuracy(tmp_path, cifar_root):
