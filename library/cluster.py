@@ -36,9 +36,9 @@ def ray_init(address: str = "", **options: Any) -> None:
     if _starts_a_local_ray(address):
         # A new local Ray's processes inherit this one's environment, so its workers need no runtime env: with
         # one, each worker starts as a second interpreter first (Ray's setup_worker.py), ~0.5 s more per worker.
-        # The set-up hook goes the same way: the variable is where Ray's runtime env would put it. Its raylet
-        # would prestart a worker per CPU; a job asks for the workers it needs, and the others would idle on,
-        # taking ~1% of a core each from the trials (a user's own setting stands).
+        # The set-up hook goes the same way, in the variable Ray's runtime env would put it in. Prestart is off:
+        # the new raylet would start a worker per CPU, and those a job never asks for would idle on, taking ~1%
+        # of a core each from the trials (a user's own setting stands).
         with _environment(worker_env | _setup_hook_env() | {PRESTART_ENV: os.environ.get(PRESTART_ENV, "0")}):
             ray.init(address="local", **options)
     else:
