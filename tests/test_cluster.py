@@ -42,9 +42,12 @@ WORKER_CHECKS = textwrap.dedent("""
               ray.get(ray.remote(worker_env).remote()))'''
     inherited = lambda: {name: os.environ.get(name) for name in ('GLIBC_TUNABLES', 'CV_GIT_SHA')}
     before = inherited()
-    ray_init('local', num_cpus=2, include_dashboard=False)
+    ray_init('local', num_cpus=2)  # $CV_RAY_DASHBOARD=0: without the dashboard
     time.sleep(3)
-    idle = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ['ray::IDLE']]
+    started = [p.cmdline() for p in psutil.Process().children(recursive=True)]
+    idle = [c for c in started if c[:1] == ['ray::IDLE']]
+    dashboard = [c for c in started if any(a.endswith('dashboard/dashboard.py') for a in c)]
+    print('dashboard frontend', [('--disable-frontend' not in c) for c in dashboard])
     print('idle workers', len(idle))
     print('task in a worker', ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid())
 
@@ -84,7 +87,7 @@ WORKER_CHECKS = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def worker_checks() -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", WORKER_CHECKS], cwd=REPO, capture_output=True, text=True,
-                          timeout=180, env={**os.environ, "RAY_ADDRESS": "local"})
+                          timeout=180, env={**os.environ, "RAY_ADDRESS": "local", "CV_RAY_DASHBOARD": "0"})
 
 
 @pytest.mark.ray
@@ -93,6 +96,19 @@ def test_a_local_ray_starts_no_workers_that_its_jobs_could_never_use(worker_chec
     CPU from the trials. A job's local Ray has none; its tasks still run."""
     out = worker_checks.stdout
     assert "idle workers 0\n" in out and "task in a worker True\n" in out, out + worker_checks.stderr[-2000:]
+
+
+@pytest.mark.ray
+def test_a_local_ray_can_start_without_its_dashboard(worker_checks, monkeypatch):
+    """$CV_RAY_DASHBOARD=0 leaves out the dashboard's modules and page (Ray keeps a minimal API server); unset,
+    Ray's own default stands."""
+    from library.cluster import DASHBOARD_ENV, _dashboard_option
+
+    assert "dashboard frontend [False]\n" in worker_checks.stdout, worker_checks.stdout
+    monkeypatch.delenv(DASHBOARD_ENV, raising=False)
+    assert _dashboard_option() == {}
+    monkeypatch.setenv(DASHBOARD_ENV, "0")
+    assert _dashboard_option() == {"include_dashboard": False}
 
 
 @pytest.mark.ray

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
+import psutil
 import pytest
 
 from conftest import REPO, free_port, job_env, start_mlflow_server, stop_server, tune_cmd
@@ -41,18 +42,46 @@ class Driver:
         return "".join(self.output)
 
     def kill_when(self, phase: Callable[["Driver"], bool], timeout: float = 300) -> bool:
-        """SIGKILL the driver as soon as `phase` holds; False if it exited first."""
+        """SIGKILL the driver as soon as `phase` holds, and wait for its local Ray (Ray ties it to the driver's
+        life) to be gone, so that no trial of it writes on; False if the driver exited first."""
         deadline = time.time() + timeout
         while self.proc.poll() is None:
             assert time.time() < deadline, f"phase never reached:\n{self.text[-3000:]}"
             if phase(self):
+                ray_processes = ray_writers(self.proc.pid)
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
                 self.reader.join(timeout=30)
+                wait_until_gone(ray_processes)
                 return True
             time.sleep(0.05)
         self.reader.join(timeout=30)
         return False
+
+
+def ray_writers(pid: int) -> list[psutil.Process]:
+    """The processes of a driver's local Ray that could still write (GCS, raylet, workers): not Ray's two agents,
+    which outlive their raylet by up to a minute (they notice it is gone by a health check) and write nothing of
+    a job's."""
+    def agent(p: psutil.Process) -> bool:
+        try:
+            return p.cmdline()[:1] in (["ray::DashboardAgent"], ["ray::RuntimeEnvAgent"])
+        except psutil.NoSuchProcess:
+            return True
+    return [p for p in psutil.Process(pid).children(recursive=True) if not agent(p)]
+
+
+def wait_until_gone(processes: list[psutil.Process], timeout: float = 60) -> None:
+    """Until each of `processes` has exited (a zombie counts: its parent is gone, and no one may reap it)."""
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    deadline = time.time() + timeout
+    while any(alive(p) for p in processes):
+        assert time.time() < deadline, [p.cmdline()[:2] for p in processes if alive(p)]
+        time.sleep(0.1)
 
 
 def runs(store: Path, experiment: str = "faults") -> tuple[list, list]:
@@ -118,7 +147,6 @@ def test_a_sweep_killed_at_every_phase_finishes_with_nothing_lost(tmp_path, cifa
             assert driver.proc.returncode == 0, driver.text[-3000:]
         if phase is trials_starting:
             leave_an_orphan(tmp_path)
-        time.sleep(2)  # the killed driver's local Ray goes with it (Ray ties it to the driver's life)
     assert len(killed) >= 4, killed  # a phase may pass between two polls; most must have been hit
 
     last = subprocess.run(tune_cmd(tmp_path, "faults", *ARGS), cwd=tmp_path, env=job_env(tmp_path, cifar_root),
@@ -168,7 +196,11 @@ def test_a_tracking_server_outage_mid_sweep_delays_writes_and_loses_none(tmp_pat
             assert driver.proc.poll() is None and time.time() < deadline, driver.text[-3000:]
             time.sleep(0.2)
         stop_server(server)
-        time.sleep(20)  # the trials go on meanwhile
+        deadline = time.time() + 120
+        while "MLflow does not answer" not in driver.text:  # a trial's next epoch finds the server gone
+            assert driver.proc.poll() is None and time.time() < deadline, driver.text[-3000:]
+            time.sleep(0.2)
+        time.sleep(5)  # the trials go on meanwhile, their writes waiting
         assert driver.proc.poll() is None, driver.text[-3000:]
         server = start_mlflow_server(tmp_path, port)
         driver.proc.wait(timeout=600)
