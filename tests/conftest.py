@@ -24,7 +24,7 @@ from PIL import Image
 # The tests never reach the network: with the hub offline, a missing weight file fails at once instead of after
 # the hub client's retries (set before anything imports huggingface_hub, which reads it on import).
 os.environ["HF_HUB_OFFLINE"] = "1"
-# Every local Ray the tests start (jobs inherit this environment) leaves out the dashboard: ~1.5 s less a start
+# Every local Ray the tests start (jobs inherit this environment) leaves out the dashboard: ~1.3 s less a start
 os.environ["CV_RAY_DASHBOARD"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
