@@ -37,11 +37,16 @@ def _start_node(env: dict, *args: str) -> tuple[subprocess.Popen, str]:
     return proc, temp_dir
 
 
-def _alive_nodes(address: str, env: dict) -> int:
-    probe = ("import ray; ray.init(address='{}', logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))").format(address)
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+def _alive_nodes(dashboard: str) -> int:
+    """Nodes the head's state API lists as alive (asked in this process: a new interpreter per poll took ~2 s);
+    0 while the head's dashboard does not answer yet."""
+    from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        return sum(node.state == "ALIVE" for node in list_nodes(address=dashboard, raise_on_missing_output=False))
+    except (RayStateApiException, OSError):  # OSError: requests' connection errors
+        return 0
 
 
 @pytest.fixture
@@ -52,17 +57,17 @@ def two_nodes():
     head, head_tmp = _start_node(env, "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
                                  f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
                                  f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}")
-    address = f"127.0.0.1:{port}"
+    address, dashboard_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 180
-    while _alive_nodes(address, env) < 1:
+    while _alive_nodes(dashboard_url) < 1:
         assert head.poll() is None and time.time() < deadline, (Path(head_tmp) / "start.log").read_text()[-3000:]
-        time.sleep(2)
+        time.sleep(0.25)
     worker, worker_tmp = _start_node(env, f"--address={address}", f"--dashboard-agent-listen-port={free_port()}",
                                      f"--metrics-export-port={free_port()}")
-    while _alive_nodes(address, env) < 2:
+    while _alive_nodes(dashboard_url) < 2:
         assert worker.poll() is None and time.time() < deadline, (Path(worker_tmp) / "start.log").read_text()[-3000:]
-        time.sleep(2)
-    yield address, f"http://127.0.0.1:{dashboard}", env, worker
+        time.sleep(0.25)
+    yield address, dashboard_url, env, worker
     for proc in (worker, head):  # `ray start --block` stops its node's processes when terminated
         if proc.poll() is None:
             proc.terminate()
