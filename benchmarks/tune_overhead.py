@@ -11,9 +11,11 @@ epoch; in a fresh process the set-up includes the first optimiser's import of to
 plain loop paid once before its timing); and the epochs themselves, compared with the plain loop's epochs (the
 in-trial slowdown). From the two it derives the seconds Tune adds once a sweep and the sweep length from which
 Tune / plain is within the goal. Each round also times, in new interpreters, the start-up a sweep pays whatever
-this project does (Ray's start; a trial process: Ray's setup_worker.py, then Ray Tune, torch and the trainable;
-torch._dynamo on its first optimiser step), so the output says how much of the fixed cost is left to Tune's and
-this project's own bookkeeping.
+this project does (Ray's start; a trial process's imports: Ray Tune, torch and the trainable, in one interpreter,
+as a local Ray's workers have no runtime env to set up; torch._dynamo on the first optimiser step), so the output
+says how much of the fixed cost is left to Tune's and this project's own bookkeeping. It also gives Tune / plain
+less Ray's start: what a job that joins a running cluster (`ray job submit`) pays, but for its connection to that
+cluster, which is not timed here.
 
     python benchmarks/tune_overhead.py [--images=8192] [--epochs=3] [--rounds=2]
 """
@@ -52,7 +54,6 @@ REPO = Path(__file__).resolve().parents[1]
 STARTUP = {
     "ray_start": "import time; from library.cluster import ray_init; t = time.perf_counter(); "
                  "ray_init('local', num_cpus=2, include_dashboard=False); print(time.perf_counter() - t)",
-    "worker_setup": "import ray._private.runtime_env.context, ray._private.ray_logging",  # setup_worker.py, then exec
     "trial_imports": "import ray.tune, library.search.trainable",  # unpickling the trainable in the trial process
     "dynamo": "import time, torch; t = time.perf_counter(); import torch._dynamo; print(time.perf_counter() - t)",
 }
@@ -124,12 +125,13 @@ def main(cfg: Config) -> dict:
               f" {t['ray_init']:.1f} + outside the trials {t['outside_trials']:.1f} + trials besides their epochs"
               f" {t['trials_besides_epochs']:.1f} + epochs {t['epochs']:.1f}; Tune / plain {t['total'] / p['total']:.3f};"
               f" start-up in new processes {u['total']:.1f} s (Ray's start {u['ray_start']:.1f}, a trial process"
-              f" {u['worker_setup'] + u['trial_imports']:.1f}, torch._dynamo {u['dynamo']:.1f})", flush=True)
+              f" {u['trial_imports']:.1f}, torch._dynamo {u['dynamo']:.1f})", flush=True)
 
     def median(side: str, key: str) -> float:
         return statistics.median(t[key] for t in times[side])
 
     ratio = median("tune", "total") / median("plain", "total")
+    joined = statistics.median(t["total"] - t["ray_init"] for t in times["tune"]) / median("plain", "total")
     # each round's own ratio: their spread is how far this machine's noise alone moves the figure
     round_ratios = [round(t["total"] / p["total"], 3) for p, t in zip(times["plain"], times["tune"])]
     in_trials_ratio = median("tune", "in_trials") / median("plain", "total")
@@ -141,6 +143,7 @@ def main(cfg: Config) -> dict:
     floor = median("startup", "total")  # the part of `fixed` no change to this project's code removes
     result = {"benchmark": "tune_overhead", "device": device_name(pick_device()), "config": vars(cfg),
               "seconds": times, "overhead_ratio": round(ratio, 3), "round_ratios": round_ratios,
+              "ratio_less_ray_start": round(joined, 3),
               "inside_trials_ratio": round(in_trials_ratio, 3), "epochs_ratio": round(epochs_ratio, 3),
               "fixed_s": round(fixed, 1), "startup_s": round(floor, 1),
               "within_goal_from_s": round(within_goal_from, 0) if math.isfinite(within_goal_from) else None,
@@ -148,6 +151,7 @@ def main(cfg: Config) -> dict:
     print(f"Tune / plain = {ratio:.3f} (goal <= 1.05; single rounds {min(round_ratios):.3f}-{max(round_ratios):.3f});"
           f" time inside the trials / plain = {in_trials_ratio:.3f}; epochs in the trials / the plain loop's epochs ="
           f" {epochs_ratio:.3f}; on {result['device']}; saved {save('tune_overhead', result)}")
+    print(f"Less Ray's start (a job joining a running cluster, its connection not timed): Tune / plain = {joined:.3f}")
     print(f"Tune adds {fixed:.1f} s a sweep and {100 * (epochs_ratio - 1):+.1f}% to every epoch: within 1.05 of the"
           f" plain loop for sweeps of " + (f"{within_goal_from / 60:.1f} minutes of plain training or more"
                                           if math.isfinite(within_goal_from) else "no length"))
