@@ -30,6 +30,16 @@ def test_filter_grid_lays_out_every_filter():
         filter_grid(torch.randn(4, 8, 3, 3))
 
 
+@pytest.mark.parametrize("k,c,ncols,pad", [(32, 3, 8, 1), (6, 1, 3, 1), (5, 3, 8, 2), (7, 1, 4, 0)])
+def test_filter_grid_is_torchvisions_make_grid(k, c, ncols, pad):
+    """The same pixels as torchvision's make_grid, which it replaces so that a driver need not import torchvision."""
+    from torchvision.utils import make_grid
+
+    weight = torch.randn(k, c, 5, 5)
+    reference = make_grid(normalize_filters(weight), nrow=ncols, padding=pad, pad_value=1.0).permute(1, 2, 0)
+    assert np.array_equal(filter_grid(weight, ncols, pad), reference.numpy())
+
+
 def test_figures_render():
     weight = torch.randn(32, 3, 7, 7)
     fig = filter_grid_figure(weight)
