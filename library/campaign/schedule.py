@@ -150,16 +150,7 @@ def _run_units(entries: list[Entry], order: list[str], launcher: Launcher, max_p
     pending, failed = [u for u in order if u not in done], {}
     try:
         while pending or launcher.running:
-            for unit in list(pending):
-                needs = UNITS[unit].needs
-                if any(n in failed for n in needs):
-                    pending.remove(unit)
-                    failed[unit] = f"not run: needs {', '.join(n for n in needs if n in failed)}, which failed"
-                    progress.line(f"✗ {unit} [{_ids_of(unit, entries)}] {failed[unit]}")
-                elif all(n in done for n in needs) and len(launcher.running) < max_parallel:
-                    pending.remove(unit)
-                    launcher.start(UNITS[unit], {n: runs[n][-1].info.run_id for n in needs})
-                    progress.line(f"▶ {unit} [{_ids_of(unit, entries)}] started: python jobs/{UNITS[unit].job}")
+            # the units that ended first: a slot one of them frees is filled in this pass, not the next
             for running, code in launcher.ended():
                 unit, elapsed = running.unit.name, time.time() - running.started
                 if code == 0:
@@ -175,6 +166,16 @@ def _run_units(entries: list[Entry], order: list[str], launcher: Launcher, max_p
                     failed[unit] = f"exit {code}: {last_error(running.log)}"
                     progress.line(f"✗ {unit} [{_ids_of(unit, entries)}] failed after {elapsed / 60:.1f} min, "
                                   f"{failed[unit]} (log: {running.log})")
+            for unit in list(pending):
+                needs = UNITS[unit].needs
+                if any(n in failed for n in needs):
+                    pending.remove(unit)
+                    failed[unit] = f"not run: needs {', '.join(n for n in needs if n in failed)}, which failed"
+                    progress.line(f"✗ {unit} [{_ids_of(unit, entries)}] {failed[unit]}")
+                elif all(n in done for n in needs) and len(launcher.running) < max_parallel:
+                    pending.remove(unit)
+                    launcher.start(UNITS[unit], {n: runs[n][-1].info.run_id for n in needs})
+                    progress.line(f"▶ {unit} [{_ids_of(unit, entries)}] started: python jobs/{UNITS[unit].job}")
             lease.renew()
             time.sleep(0.5)
     except KeyboardInterrupt:
