@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import os
 import pickle
+import shutil
 import signal
 import socket
 import struct
@@ -119,10 +120,31 @@ def mnist_root(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("mnist"))
 
 
+_empty_store: list[Path] = []  # the database of a new MLflow store, made once by `empty_store_template`
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_store_template(tmp_path_factory) -> Path:
+    """A new MLflow store's database, made once by MLflow itself. A store the tests give a job or a test starts as
+    a copy of it: MLflow builds a new database's schema by running its migrations (~1.7 s, and in a job's driver
+    they take the interpreter's lock from the job's own start-up). The tests of a store's own start make theirs."""
+    db = tmp_path_factory.mktemp("empty_store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+    _empty_store.append(db)
+    return db
+
+
+def new_store(store: Path) -> Path:
+    """`store` with a new MLflow store's database in it, unless it has one already."""
+    if _empty_store and not (store / "mlflow.db").exists():
+        shutil.copyfile(_empty_store[0], store / "mlflow.db")
+    return store
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
     """A fresh local MLflow store in a temp dir, selected through MLFLOW_TRACKING_URI as a user would."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{new_store(tmp_path) / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     previous = mlflow.get_tracking_uri()
@@ -136,7 +158,8 @@ def job_env(store: Path, data_root: Path | None = None) -> dict[str, str]:
     """The environment a job subprocess runs in: this one, minus any RAY_ADDRESS (jobs start their own local
     Ray), with the MLflow store in `store`, the data root if given, the hub offline (fail at once, no retries)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{new_store(store) / 'mlflow.db'}", "HF_HUB_OFFLINE": "1",
+            "PYTHONWARNINGS": "ignore"}
     return env | ({"CV_DATA_ROOT": str(data_root)} if data_root is not None else {})
 
 
