@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import REPO, job_env
+from conftest import REPO, job_env, new_store
 from library import model_store
 from library.data.options import DataOptions, load_data
 from library.train.evaluation import evaluate
@@ -64,9 +64,11 @@ def test_an_unregistered_name_says_how_to_make_it(trained):
 
 
 def test_an_unknown_model_fails_before_ray_starts(tmp_path, mnist_root):
+    store = new_store(tmp_path) / "mlflow.db"
+    before = store.read_bytes(), store.stat().st_mtime_ns
     out = run_job(tmp_path, mnist_root, "--models=[mnist_a,mnsit_b]")
     assert out.returncode == 2 and "unknown model 'mnsit_b'" in out.stderr
-    assert not (tmp_path / "mlflow.db").exists()
+    assert (store.read_bytes(), store.stat().st_mtime_ns) == before  # nothing written to the store
 
 
 @pytest.mark.parametrize("search", ["ascending", "bisect"])
