@@ -11,8 +11,9 @@ epoch; in a fresh process the set-up includes the first optimiser's import of to
 plain loop paid once before its timing); and the epochs themselves, compared with the plain loop's epochs (the
 in-trial slowdown). From the two it derives the seconds Tune adds once a sweep and the sweep length from which
 Tune / plain is within the goal. Each round also times, in new interpreters, the start-up a sweep pays whatever
-this project does (Ray's start; a trial process's imports: Ray Tune, torch and the trainable, in one interpreter,
-as a local Ray's workers have no runtime env to set up; torch._dynamo on the first optimiser step), so the output
+this project does (Ray's start; the interpreter Ray runs before a trial's worker, its `setup_worker.py`, because
+Tune gives its trial actors a runtime env of their own; a trial process's imports: Ray Tune, torch and the
+trainable; torch._dynamo on the first optimiser step), so the output
 says how much of the fixed cost is left to Tune's and this project's own bookkeeping. It also gives Tune / plain
 less Ray's start: what a job that joins a running cluster (`ray job submit`) pays, but for its connection to that
 cluster, which is not timed here.
@@ -54,6 +55,10 @@ REPO = Path(__file__).resolve().parents[1]
 STARTUP = {
     "ray_start": "import time; from library.cluster import ray_init; t = time.perf_counter(); "
                  "ray_init('local', num_cpus=2, include_dashboard=False); print(time.perf_counter() - t)",
+    # Tune's trial actors carry a runtime env (`ray.tune.execution.class_cache`: PL_DISABLE_FORK), so Ray starts a
+    # trial's worker as setup_worker.py first, which imports these, applies the env and execs the worker
+    "tune_runtime_env": "from ray._private.ray_logging import setup_logger; from ray.core.generated.common_pb2 "
+                        "import Language; from ray._private.runtime_env.context import RuntimeEnvContext",
     "trial_imports": "import ray.tune, library.search.trainable",  # unpickling the trainable in the trial process
     "dynamo": "import time, torch; t = time.perf_counter(); import torch._dynamo; print(time.perf_counter() - t)",
 }
@@ -124,8 +129,9 @@ def main(cfg: Config) -> dict:
         print(f"round {r}: plain {p['total']:.1f} s (epochs {p['epochs']:.1f}); tune {t['total']:.1f} s = Ray's start"
               f" {t['ray_init']:.1f} + outside the trials {t['outside_trials']:.1f} + trials besides their epochs"
               f" {t['trials_besides_epochs']:.1f} + epochs {t['epochs']:.1f}; Tune / plain {t['total'] / p['total']:.3f};"
-              f" start-up in new processes {u['total']:.1f} s (Ray's start {u['ray_start']:.1f}, a trial process"
-              f" {u['trial_imports']:.1f}, torch._dynamo {u['dynamo']:.1f})", flush=True)
+              f" start-up in new processes {u['total']:.1f} s (Ray's start {u['ray_start']:.1f}, Tune's runtime env"
+              f" {u['tune_runtime_env']:.1f}, a trial process {u['trial_imports']:.1f}, torch._dynamo"
+              f" {u['dynamo']:.1f})", flush=True)
 
     def median(side: str, key: str) -> float:
         return statistics.median(t[key] for t in times[side])
@@ -155,8 +161,8 @@ def main(cfg: Config) -> dict:
     print(f"Tune adds {fixed:.1f} s a sweep and {100 * (epochs_ratio - 1):+.1f}% to every epoch: within 1.05 of the"
           f" plain loop for sweeps of " + (f"{within_goal_from / 60:.1f} minutes of plain training or more"
                                           if math.isfinite(within_goal_from) else "no length"))
-    print(f"Of the {fixed:.1f} s, {floor:.1f} s is start-up a sweep pays whatever this project does (Ray's start, a"
-          f" trial process's imports, torch._dynamo; timed in new processes), {100 * floor / median('plain', 'total'):.1f}%"
+    print(f"Of the {fixed:.1f} s, {floor:.1f} s is start-up a sweep pays whatever this project does (Ray's start, Tune's"
+          f" runtime env, a trial process's imports, torch._dynamo; timed in new processes), {100 * floor / median('plain', 'total'):.1f}%"
           f" of the plain loop at this size; Tune's and the project's bookkeeping take the other {fixed - floor:.1f} s")
     return result
 
