@@ -163,7 +163,9 @@ def main(cfg: Config) -> dict:
                                           if math.isfinite(within_goal_from) else "no length"))
     print(f"Of the {fixed:.1f} s, {floor:.1f} s is start-up a sweep pays whatever this project does (Ray's start, Tune's"
           f" runtime env, a trial process's imports, torch._dynamo; timed in new processes), {100 * floor / median('plain', 'total'):.1f}%"
-          f" of the plain loop at this size; Tune's and the project's bookkeeping take the other {fixed - floor:.1f} s")
+          f" of the plain loop at this size; "
+          + (f"Tune's and the project's bookkeeping take the other {fixed - floor:.1f} s" if fixed >= floor
+             else "timed apart, it exceeds the fixed cost itself: the bookkeeping is within this machine's noise"))
     return result
 
 
