@@ -18,6 +18,7 @@ from .runtime import GIT_SHA_ENV, collect_after_imports, git_sha, keep_freed_mem
 
 
 PRESTART_ENV = "RAY_prestart_worker_first_driver"
+NICENESS_ENV = "RAY_worker_niceness"  # Ray starts workers 15 nicer than the raylet unless this says otherwise
 WORKER_START = "library.worker_start.pause_collector"  # Ray runs it in each worker before it takes work
 DASHBOARD_ENV = "CV_RAY_DASHBOARD"  # "0": a local Ray starts without its dashboard (the tests, a small laptop)
 
@@ -39,10 +40,13 @@ def ray_init(address: str = "", **options: Any) -> None:
         # one, each worker starts as a second interpreter first (Ray's setup_worker.py), ~0.5 s more per worker.
         # The set-up hook goes the same way, in the variable Ray's runtime env would put it in. Prestart is off:
         # the new raylet would start a worker per CPU, and those a job never asks for would idle on, taking ~1%
-        # of a core each from the trials (a user's own setting stands).
-        with _environment(worker_env | _setup_hook_env() | {PRESTART_ENV: os.environ.get(PRESTART_ENV, "0")}):
+        # of a core each from the trials. Workers run at the job's own priority, not Ray's 15 steps lower: beside
+        # them on this machine run the driver and Ray's own processes, and every wake-up of those would pre-empt a
+        # trial's thread while its other thread waits for it (a user's own setting of either stands).
+        with _environment(worker_env | _setup_hook_env() | {PRESTART_ENV: os.environ.get(PRESTART_ENV, "0"),
+                                                            NICENESS_ENV: os.environ.get(NICENESS_ENV, "0")}):
             ray.init(address="local", **(_dashboard_option() | options))
-    else:
+    else:  # a cluster's workers keep the niceness its nodes were started with (Ray's: 15, beside its daemons only)
         ray.init(address=address, runtime_env={"env_vars": worker_env, "worker_process_setup_hook": WORKER_START},
                  **options)
     stop_on_sigterm()  # again: Ray's core worker installs its own SIGTERM handler, which aborts the driver

@@ -50,6 +50,7 @@ WORKER_CHECKS = textwrap.dedent("""
     print('dashboard frontend', [('--disable-frontend' not in c) for c in dashboard])
     print('idle workers', len(idle))
     print('task in a worker', ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid())
+    print('worker as nice as the driver', ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0))
 
     def worker_env():
         context = ray.get_runtime_context()
@@ -96,6 +97,13 @@ def test_a_local_ray_starts_no_workers_that_its_jobs_could_never_use(worker_chec
     CPU from the trials. A job's local Ray has none; its tasks still run."""
     out = worker_checks.stdout
     assert "idle workers 0\n" in out and "task in a worker True\n" in out, out + worker_checks.stderr[-2000:]
+
+
+@pytest.mark.ray
+def test_a_local_rays_workers_run_at_the_drivers_priority(worker_checks):
+    """Ray starts workers 15 steps nicer than itself; on a job's own machine the driver and Ray's processes would
+    then pre-empt every trial and task. A local Ray's workers run as nice as the driver."""
+    assert "worker as nice as the driver True\n" in worker_checks.stdout, worker_checks.stdout
 
 
 @pytest.mark.ray

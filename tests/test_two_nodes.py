@@ -175,6 +175,19 @@ def _running_task_on(raylet: psutil.Process, name: str) -> bool:
     return False
 
 
+def _sweep_tasks(dashboard: str) -> set[tuple[str, int, str]]:
+    """(task, attempt, node) of every ε-sweep task attempt Ray's state API knows of now."""
+    from ray.util.state import list_tasks
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        tasks = list_tasks(address=dashboard, filters=[("name", "=", "sweep_task")], limit=1000, detail=True,
+                           raise_on_missing_output=False)
+    except RayStateApiException:  # the head busy with the lost node: the next read counts
+        return set()
+    return {(t.task_id, t.attempt_number, t.node_id) for t in tasks if t.node_id}
+
+
 @pytest.mark.timeout(600)
 def test_an_eps_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_path, mnist_root):
     address, dashboard, env, worker = two_nodes
@@ -188,16 +201,21 @@ def test_an_eps_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, 
     while not _running_task_on(raylet, "sweep_task"):  # a task mid-attack on the second node
         assert job.poll() is None and time.time() < deadline, "no ε-sweep task ever ran on the second node"
         time.sleep(0.05)
+    tasks = _sweep_tasks(dashboard)
     raylet.kill()
-    out = job.communicate(timeout=400)[0]
+    deadline = time.time() + 400
+    while True:  # the tasks are read while the job runs, as the trials are above
+        try:
+            out = job.communicate(timeout=2)[0]
+            break
+        except subprocess.TimeoutExpired:
+            assert time.time() < deadline, "the ε-sweep did not finish after losing a node"
+            tasks |= _sweep_tasks(dashboard)
     assert job.returncode == 0, out[-4000:]
 
-    from ray.util.state import list_tasks
-
-    tasks = list_tasks(address=dashboard, filters=[("name", "=", "sweep_task")], limit=1000, detail=True,
-                       raise_on_missing_output=False)
-    assert len({t.node_id for t in tasks if t.node_id}) == 2  # tasks ran on both nodes
-    assert any(t.attempt_number > 0 for t in tasks)  # the task lost with the node was run again
+    tasks |= _sweep_tasks(dashboard)
+    assert len({node for _, _, node in tasks}) == 2, tasks  # tasks ran on both nodes
+    assert any(attempt > 0 for _, attempt, _ in tasks), tasks  # the task lost with the node was run again
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("eps_sweep_smoke")
     (run,) = mlflow.MlflowClient().search_runs([exp.experiment_id])
