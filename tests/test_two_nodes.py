@@ -67,7 +67,7 @@ def two_nodes():
     while _alive_nodes(dashboard_url) < 2:
         assert worker.poll() is None and time.time() < deadline, (Path(worker_tmp) / "start.log").read_text()[-3000:]
         time.sleep(0.25)
-    yield address, dashboard_url, env, worker
+    yield address, dashboard_url, env, head, worker
     for proc in (worker, head):  # `ray start --block` stops its node's processes when terminated
         if proc.poll() is None:
             proc.terminate()
@@ -99,17 +99,23 @@ def _checkpointed_trial_on(raylet: psutil.Process, storage: Path) -> bool:
     return False
 
 
-def _trial_nodes(dashboard: str) -> set[str]:
-    """The nodes the cluster's Tune trial actors are on, or were on, as far as Ray's state API still knows."""
-    from ray.util.state import list_actors
-    from ray.util.state.exception import RayStateApiException
+def _reporting_pids(storage: Path) -> set[int]:
+    """The processes that reported trial results (Tune's result.json records each report's pid)."""
+    pids = set()
+    for results in storage.glob("*/trainable_*/result.json"):
+        for line in results.read_text().splitlines():
+            try:
+                pids.add(json.loads(line)["pid"])
+            except json.JSONDecodeError:  # a line Tune is writing right now
+                continue
+    return pids
 
+
+def _workers_of(raylet: psutil.Process) -> set[int]:
     try:
-        actors = list_actors(address=dashboard, filters=[("class_name", "=", "ImplicitFunc")], limit=100,
-                             raise_on_missing_output=False)
-    except RayStateApiException:  # the head busy with the lost node: the next read counts
+        return {p.pid for p in raylet.children(recursive=True)}
+    except psutil.Error:  # the killed node's raylet
         return set()
-    return {a.node_id for a in actors}
 
 
 def _restored_from_checkpoint(storage: Path) -> list[str]:
@@ -128,7 +134,7 @@ def _restored_from_checkpoint(storage: Path) -> list[str]:
 
 @pytest.mark.timeout(900)
 def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_path, cifar_root):
-    address, dashboard, env, worker = two_nodes
+    address, dashboard, env, head, worker = two_nodes
     args = ["--smoke-test", "--name=twonodes", f"--storage_path={tmp_path / 'ray'}", f"--ray_address={address}",
             "--num_samples=4", "--max_concurrent=2", "--scheduler=fifo", f"--space.epochs=[{EPOCHS}]", "--retrain=false"]
     job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "tune_cnn.py"), *args], cwd=tmp_path,
@@ -139,20 +145,22 @@ def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_p
     while not _checkpointed_trial_on(raylet, tmp_path / "ray"):  # mid-trial, an epoch checkpointed
         assert job.poll() is None and time.time() < deadline, "no trial ever checkpointed on the second node"
         time.sleep(0.05)
-    nodes = _trial_nodes(dashboard)
+    head_raylet = _raylet_of(head)
+    on_worker, on_head = _workers_of(raylet), _workers_of(head_raylet)
     raylet.kill()
     deadline = time.time() + 600
-    while True:  # the trials' nodes are read while the job runs: once it has ended, Ray may have dropped its actors
+    while True:  # the head's processes are read while the job runs: a trial's worker ends with the job
         try:
             out = job.communicate(timeout=2)[0]
             break
         except subprocess.TimeoutExpired:
             assert time.time() < deadline, "the sweep did not finish after losing a node"
-            nodes |= _trial_nodes(dashboard)
+            on_head |= _workers_of(head_raylet)
     assert job.returncode == 0, out[-4000:]
 
     assert _restored_from_checkpoint(tmp_path / "ray"), out[-4000:]  # the lost trial went on from its checkpoint
-    assert len(nodes | _trial_nodes(dashboard)) == 2, nodes  # trials ran on both nodes
+    reported = _reporting_pids(tmp_path / "ray")
+    assert reported & on_worker and reported & on_head, (reported, on_worker, on_head)  # trials ran on both nodes
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("twonodes")
     found = mlflow.MlflowClient().search_runs([exp.experiment_id])
@@ -190,7 +198,7 @@ def _sweep_tasks(dashboard: str) -> set[tuple[str, int, str]]:
 
 @pytest.mark.timeout(600)
 def test_an_eps_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_path, mnist_root):
-    address, dashboard, env, worker = two_nodes
+    address, dashboard, env, head, worker = two_nodes
     args = ["--smoke-test", f"--ray_address={address}", "--test_size=400", "--shards=4", "--steps=40",
             "--eps_255=[4,16,64]", "--eps_per_task=1", "--pgd_table=false"]
     job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "eps_sweep.py"), *args], cwd=tmp_path,
