@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import psutil
@@ -67,7 +68,7 @@ def two_nodes():
     while _alive_nodes(dashboard_url) < 2:
         assert worker.poll() is None and time.time() < deadline, (Path(worker_tmp) / "start.log").read_text()[-3000:]
         time.sleep(0.25)
-    yield address, dashboard_url, env, head, worker
+    yield address, env, head, worker
     for proc in (worker, head):  # `ray start --block` stops its node's processes when terminated
         if proc.poll() is None:
             proc.terminate()
@@ -83,32 +84,18 @@ def _raylet_of(node: subprocess.Popen) -> psutil.Process:
 EPOCHS = 10  # per trial
 
 
-def _checkpointed_trial_on(raylet: psutil.Process, storage: Path) -> bool:
-    """A trial process of this raylet is mid-trial: it has reported (and checkpointed) an epoch, and at least two
-    are left (Tune's result.json records each report's pid). A finished trial does not count: with actors reused,
-    its process lives on, idle or not yet reporting for its next trial, and losing it would lose no checkpoint."""
-    pids = {p.pid for p in raylet.children(recursive=True)}
+def _trial_results(storage: Path) -> list[list[dict]]:
+    """Each trial's reports so far, as Tune records them in its result.json (with the reporting process's pid)."""
+    trials = []
     for results in storage.glob("*/trainable_*/result.json"):
-        lines = results.read_text().splitlines()
-        try:
-            last = json.loads(lines[-1]) if lines else None
-        except json.JSONDecodeError:  # a line Tune is writing right now
-            continue
-        if last and last["pid"] in pids and last["training_iteration"] <= EPOCHS - 2:
-            return True
-    return False
-
-
-def _reporting_pids(storage: Path) -> set[int]:
-    """The processes that reported trial results (Tune's result.json records each report's pid)."""
-    pids = set()
-    for results in storage.glob("*/trainable_*/result.json"):
+        records = []
         for line in results.read_text().splitlines():
             try:
-                pids.add(json.loads(line)["pid"])
+                records.append(json.loads(line))
             except json.JSONDecodeError:  # a line Tune is writing right now
-                continue
-    return pids
+                break
+        trials.append(records)
+    return trials
 
 
 def _workers_of(raylet: psutil.Process) -> set[int]:
@@ -118,23 +105,38 @@ def _workers_of(raylet: psutil.Process) -> set[int]:
         return set()
 
 
+def _checkpointed_trial_on(raylet: psutil.Process, storage: Path) -> bool:
+    """A trial process of this raylet is mid-trial: it has reported (and checkpointed) an epoch, and at least two
+    are left. A finished trial does not count: with actors reused, its process lives on, idle or not yet reporting
+    for its next trial, and losing it would lose no checkpoint."""
+    pids = _workers_of(raylet)
+    return any(records and records[-1]["pid"] in pids and records[-1]["training_iteration"] <= EPOCHS - 2
+               for records in _trial_results(storage))
+
+
 def _restored_from_checkpoint(storage: Path) -> list[str]:
     """Trials that went on from a checkpoint: Tune's own record, where a restored trial's results count their
     iterations since the restore apart from the trial's total (Ray's "Restored on" is a worker log line that a
     driver exiting may never receive)."""
-    restored = []
-    for results in storage.glob("*/trainable_*/result.json"):
-        for line in results.read_text().splitlines():
-            record = json.loads(line)
-            if record["iterations_since_restore"] < record["training_iteration"]:
-                restored.append(record["trial_id"])
-                break
-    return restored
+    return [records[0]["trial_id"] for records in _trial_results(storage)
+            if any(r["iterations_since_restore"] < r["training_iteration"] for r in records)]
+
+
+def _finish_watching(job: subprocess.Popen, timeout_s: float, watch: Callable[[], None]) -> str:
+    """The job's output once it has ended, `watch` called every half second while it runs: what it reads (a
+    node's processes) may be gone once the job is."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            return job.communicate(timeout=0.5)[0]
+        except subprocess.TimeoutExpired:
+            assert time.time() < deadline, "the job did not finish after losing a node"
+            watch()
 
 
 @pytest.mark.timeout(900)
 def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_path, cifar_root):
-    address, dashboard, env, head, worker = two_nodes
+    address, env, head, worker = two_nodes
     args = ["--smoke-test", "--name=twonodes", f"--storage_path={tmp_path / 'ray'}", f"--ray_address={address}",
             "--num_samples=4", "--max_concurrent=2", "--scheduler=fifo", f"--space.epochs=[{EPOCHS}]", "--retrain=false"]
     job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "tune_cnn.py"), *args], cwd=tmp_path,
@@ -148,18 +150,11 @@ def test_a_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_p
     head_raylet = _raylet_of(head)
     on_worker, on_head = _workers_of(raylet), _workers_of(head_raylet)
     raylet.kill()
-    deadline = time.time() + 600
-    while True:  # the head's processes are read while the job runs: a trial's worker ends with the job
-        try:
-            out = job.communicate(timeout=2)[0]
-            break
-        except subprocess.TimeoutExpired:
-            assert time.time() < deadline, "the sweep did not finish after losing a node"
-            on_head |= _workers_of(head_raylet)
+    out = _finish_watching(job, 600, lambda: on_head.update(_workers_of(head_raylet)))
     assert job.returncode == 0, out[-4000:]
 
     assert _restored_from_checkpoint(tmp_path / "ray"), out[-4000:]  # the lost trial went on from its checkpoint
-    reported = _reporting_pids(tmp_path / "ray")
+    reported = {r["pid"] for records in _trial_results(tmp_path / "ray") for r in records}
     assert reported & on_worker and reported & on_head, (reported, on_worker, on_head)  # trials ran on both nodes
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("twonodes")
@@ -185,7 +180,7 @@ def _running_task_on(raylet: psutil.Process, name: str) -> bool:
 
 @pytest.mark.timeout(600)
 def test_an_eps_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, tmp_path, mnist_root):
-    address, dashboard, env, head, worker = two_nodes
+    address, env, head, worker = two_nodes
     args = ["--smoke-test", f"--ray_address={address}", "--test_size=400", "--shards=4", "--steps=40",
             "--eps_255=[4,16,64]", "--eps_per_task=1", "--pgd_table=false"]
     job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "eps_sweep.py"), *args], cwd=tmp_path,
@@ -197,18 +192,11 @@ def test_an_eps_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, 
         assert job.poll() is None and time.time() < deadline, "no ε-sweep task ever ran on the second node"
         time.sleep(0.05)
     head_raylet = _raylet_of(head)
-    on_head = _running_task_on(head_raylet, "sweep_task")
+    on_head = [_running_task_on(head_raylet, "sweep_task")]
     raylet.kill()
-    deadline = time.time() + 400
-    while True:  # the head's processes are read while the job runs, as the trials' are above
-        try:
-            out = job.communicate(timeout=0.5)[0]
-            break
-        except subprocess.TimeoutExpired:
-            assert time.time() < deadline, "the ε-sweep did not finish after losing a node"
-            on_head = on_head or _running_task_on(head_raylet, "sweep_task")
+    out = _finish_watching(job, 400, lambda: on_head.append(_running_task_on(head_raylet, "sweep_task")))
     assert job.returncode == 0, out[-4000:]
-    assert on_head  # tasks ran on both nodes; the table below shows the one lost with the node was run again
+    assert any(on_head)  # tasks ran on both nodes; the table below shows the one lost with the node was run again
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("eps_sweep_smoke")
     (run,) = mlflow.MlflowClient().search_runs([exp.experiment_id])
