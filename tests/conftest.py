@@ -340,3 +340,48 @@ def lr_trace(cfg, data, steps: int, steps_per_epoch: int = 10) -> list[float]:
         optimizer.step()
         scheduler.step()
     return lrs
+
+
+
+@pytest.fixture
+def fixed_threads(monkeypatch):
+    """One torch thread count for a whole test: two trainings compared bit for bit agree only at one count, and the
+    loader's governor (runtime.CoreShare) drops a thread in one of them if another process keeps a core busy (the
+    other xdist worker's test, a server a previous test is stopping); 1 thread against 2 differs by ~1e-7 a step."""
+    import torch
+
+    from library.runtime import THREADS_ENV
+
+    monkeypatch.setenv(THREADS_ENV, str(torch.get_num_threads()))
+
+
+# The files whose tests read the smoke campaign (the suite's longest fixture, ~4 minutes): under pytest-xdist they
+# run on one worker, so the campaign runs once; every other file goes to a worker whole, so its module fixtures
+# run once. (xdist's own `--dist loadgroup` cannot group them: with pytest 9.2 it leaves the tests' ids unchanged.)
+SMOKE_READERS = {"test_campaign.py", "test_finetune_job.py", "test_mlflow_ui.py", "test_study_jobs.py",
+                 "test_tune_job.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The smoke campaign's readers first (the longest group starts first), each listed in SMOKE_READERS; whichever
+    of them runs first also runs the campaign (~4 minutes alone, ~5.5 beside the other worker), so each has 20."""
+    readers = [item for item in items if "smoke_campaign" in item.fixturenames]
+    unlisted = {item.path.name for item in readers} - SMOKE_READERS
+    if unlisted:
+        raise pytest.UsageError(f"{sorted(unlisted)} read the smoke campaign: add them to conftest.SMOKE_READERS")
+    for item in readers:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(1200))
+    items.sort(key=lambda item: item.path.name not in SMOKE_READERS)  # stable: the files' order otherwise
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent with -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return "smoke_campaign" if Path(file).name in SMOKE_READERS else file
+
+    return ByFile(config, log)

@@ -8,7 +8,6 @@ import torch
 
 from conftest import lr_trace, staged_copy_ok
 from library.data import Augment, load_cifar10
-from library.runtime import THREADS_ENV
 from library.train.evaluation import evaluate, tta_logits
 from library.train.loop import train
 from library.train.recipe import TrainConfig, make_optimizer
@@ -30,10 +29,7 @@ def test_every_new_ingredient_is_off_by_default():
 
 @pytest.mark.parametrize("averaging", [dict(ema_decay=0.9), dict(lookahead_steps=3, lookahead_alpha=0.5),
                                        dict(ema_decay=0.8, lookahead_steps=2)])
-def test_ema_and_lookahead_resume_exactly_from_a_checkpoint(tiny, averaging, monkeypatch):
-    # bit for bit only at one thread count: the loader's governor would drop a thread in one of the two runs if
-    # another process woke (a server a previous test is stopping), and 1 thread against 2 differs by ~1e-7
-    monkeypatch.setenv(THREADS_ENV, str(torch.get_num_threads()))
+def test_ema_and_lookahead_resume_exactly_from_a_checkpoint(tiny, averaging, fixed_threads):
     cfg = TrainConfig(epochs=3, **FAST, **averaging)
     saved = {}
     straight = train(cfg, tiny, on_epoch=lambda m, s: saved.setdefault("e1", s.state_dict()) if s.epoch == 1 else None)

@@ -32,7 +32,7 @@ def test_a_short_run_lowers_the_loss_and_reports_every_metric(tiny):
     assert all(math.isfinite(v) for m in history for v in m.values())
 
 
-def test_resuming_from_a_checkpoint_continues_the_same_run(tiny):
+def test_resuming_from_a_checkpoint_continues_the_same_run(tiny, fixed_threads):
     cfg = TrainConfig(epochs=2, seed=5, **FAST)
     straight = train(cfg, tiny)
     saved = {}
@@ -51,7 +51,7 @@ def test_a_checkpoint_of_another_model_is_refused_clearly(tiny):
         train(TrainConfig(model="mish_cnn_bn", epochs=2, **FAST), tiny, resume=saved)
 
 
-def test_same_seed_same_run_other_seed_other_run(tiny):
+def test_same_seed_same_run_other_seed_other_run(tiny, fixed_threads):
     runs = [train(TrainConfig(epochs=1, seed=s, **FAST), tiny).history[0]["train_loss"] for s in (1, 1, 2)]
     assert runs[0] == runs[1] != runs[2]
 
@@ -92,7 +92,7 @@ def test_all_augmentations_and_optimizers_train(tiny):
         assert math.isfinite(train(cfg, tiny).history[0]["train_loss"])
 
 
-def test_a_resumed_run_adopts_new_learning_rate_and_weight_decay(tiny):
+def test_a_resumed_run_adopts_new_learning_rate_and_weight_decay(tiny, fixed_threads):
     saved = {}
     cfg = TrainConfig(epochs=3, lr=1e-3, **FAST)
     straight = train(cfg, tiny, on_epoch=lambda m, s: saved.setdefault("e1", s.state_dict()) if s.epoch == 1 else None)
@@ -117,7 +117,7 @@ def test_adversarial_training_makes_the_model_robust_where_standard_training_is_
     assert robust[-1]["val_robust_acc"] > standard[-1]["val_robust_acc"] + 0.1
 
 
-def test_adversarial_training_resumes_exactly(tiny):
+def test_adversarial_training_resumes_exactly(tiny, fixed_threads):
     """The PGD random starts come from the run's generator, which the checkpoint carries."""
     cfg = TrainConfig(adv_eps_255=48, **ROBUST)
     straight = train(cfg, tiny)
