@@ -342,7 +342,6 @@ def lr_trace(cfg, data, steps: int, steps_per_epoch: int = 10) -> list[float]:
     return lrs
 
 
-
 @pytest.fixture
 def fixed_threads(monkeypatch):
     """One torch thread count for a whole test: two trainings compared bit for bit agree only at one count, and the

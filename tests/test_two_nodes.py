@@ -202,8 +202,8 @@ def test_an_eps_sweep_spreads_over_two_nodes_and_survives_losing_one(two_nodes, 
     raylet.kill()
     out = job.communicate(timeout=400)[0]
     assert job.returncode == 0, out[-4000:]
-    assert _ran_task(head, "sweep_task")  # tasks ran on both nodes; the table below shows the one lost with the
-    # node was run again
+    # tasks ran on both nodes; the table below shows that the one lost with the second node was run again
+    assert _ran_task(head, "sweep_task")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("eps_sweep_smoke")
     (run,) = mlflow.MlflowClient().search_runs([exp.experiment_id])
