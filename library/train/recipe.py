@@ -51,7 +51,8 @@ class TrainConfig(Config):
     # epoch, starting at random (crop=pad or none)
     crop_pad_mode: Literal["zeros", "reflect"] = "zeros"  # crop=pad's padding; reflect = airbench's translation
     cutout: int = 0  # side of a zeroed square, pixels; 0 = off
-    eval_batch_size: int = 1024  # images per forward pass when evaluating
+    eval_batch_size: int = 0  # images per forward pass when evaluating; 0 = 256 on the CPU, 1024 on a GPU (see
+    # library/train/evaluation.py's EVAL_BATCH)
     seed: int = 0  # weights, data order and augmentation
     device: str = "auto"  # auto = the GPU when there is one
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on the CPU
@@ -73,7 +74,7 @@ class TrainConfig(Config):
             "epochs": self.epochs >= 1,
             "steps": self.steps >= 0,
             "batch_size": self.batch_size >= 1,
-            "eval_batch_size": self.eval_batch_size >= 1,
+            "eval_batch_size": self.eval_batch_size >= 0,
             "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0,
             "norm_bias_lr": self.norm_bias_lr > 0,
