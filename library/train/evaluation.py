@@ -23,13 +23,12 @@ TTA = Literal["none", "flip", "flip_translate"]
 # activations: at 1,024 a new process faulted in 175-208k pages to evaluate (peak RSS ~1.4 GB), at 256 54-64k
 # (~0.8 GB). A new process is every Tune trial and Ray task, and on this VM such first touches cost 2-13 µs a page
 # (the most where the host must back the page first: 3 s of kernel time for one evaluation). A GPU wants large ones.
-EVAL_BATCH = {"cpu": 256}
-GPU_EVAL_BATCH = 1024
+CPU_EVAL_BATCH, GPU_EVAL_BATCH = 256, 1024
 
 
 def eval_batch_size(requested: int, device: torch.device) -> int:
-    """`requested`, or where it is 0 the default for `device` (EVAL_BATCH)."""
-    return requested or EVAL_BATCH.get(device.type, GPU_EVAL_BATCH)
+    """`requested`, or where it is 0 the default for `device`: CPU_EVAL_BATCH on the CPU, else GPU_EVAL_BATCH."""
+    return requested or (CPU_EVAL_BATCH if device.type == "cpu" else GPU_EVAL_BATCH)
 
 
 def autocast(device: torch.device, enabled: bool):

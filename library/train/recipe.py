@@ -52,7 +52,7 @@ class TrainConfig(Config):
     crop_pad_mode: Literal["zeros", "reflect"] = "zeros"  # crop=pad's padding; reflect = airbench's translation
     cutout: int = 0  # side of a zeroed square, pixels; 0 = off
     eval_batch_size: int = 0  # images per forward pass when evaluating; 0 = 256 on the CPU, 1024 on a GPU (see
-    # library/train/evaluation.py's EVAL_BATCH)
+    # library/train/evaluation.py's eval_batch_size)
     seed: int = 0  # weights, data order and augmentation
     device: str = "auto"  # auto = the GPU when there is one
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on the CPU
