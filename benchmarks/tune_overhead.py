@@ -55,12 +55,15 @@ from library.train.recipe import TrainConfig  # noqa: E402
 from library.search.sweep import SweepOptions, run_sweep  # noqa: E402
 
 LRS = [1e-3, 2e-3, 3e-3, 5e-3]  # the four configurations: one model, four learning rates
+CPUS = 2  # the local Ray's CPUs and the plain loop's threads
+# the result file of each layout (trials at once, CPUs each); any other gets a name of its own
+LAYOUT_FILES = {(1, 2.0): "tune_overhead", (2, 1.0): "tune_overhead-job-layout"}
 REPO = Path(__file__).resolve().parents[1]
 # The start-up no sweep skips, each piece timed in a new interpreter as a sweep pays it. A snippet that prints a
 # number is timed by itself (its own imports excluded); otherwise the interpreter's whole run counts.
 STARTUP = {
     "ray_start": "import time; from library.cluster import ray_init; t = time.perf_counter(); "
-                 "ray_init('local', num_cpus=2, include_dashboard=False); print(time.perf_counter() - t)",
+                 f"ray_init('local', num_cpus={CPUS}, include_dashboard=False); print(time.perf_counter() - t)",
     # Tune's trial actors carry a runtime env (`ray.tune.execution.class_cache`: PL_DISABLE_FORK), so Ray starts a
     # trial's worker as setup_worker.py first, which imports these, applies the env and execs the worker
     "tune_runtime_env": "from ray._private.ray_logging import setup_logger; from ray.core.generated.common_pb2 "
@@ -78,6 +81,10 @@ class Config(BaseConfig):
     rounds: int = 2  # plain/Tune pairs, interleaved (plain first, then Tune first)
     cpus_per_trial: float = 2.0  # Tune's layout: like for like by default (see the docstring)
     max_concurrent: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require(cpus_per_trial=0 < self.cpus_per_trial <= CPUS, max_concurrent=self.max_concurrent >= 1)
 
 
 def plain(space: SearchSpace, data) -> dict[str, float]:
@@ -99,7 +106,7 @@ def with_tune(space: SearchSpace, data, round_: int, cfg: Config) -> dict[str, f
                             num_samples=1, max_concurrent=cfg.max_concurrent, cpus_per_trial=cfg.cpus_per_trial)
         start = time.perf_counter()
         tracking.connect()
-        ray_init("local", num_cpus=2, include_dashboard=False)  # as a job starts it (the workers' environment)
+        ray_init("local", num_cpus=CPUS, include_dashboard=False)  # as a job starts it (the workers' environment)
         ray_started = time.perf_counter()
         outcome = run_sweep(opts, space, data, experiment="overhead")
         end = time.perf_counter()
@@ -124,7 +131,7 @@ def startup() -> dict[str, float]:
 
 
 def main(cfg: Config) -> dict:
-    torch.set_num_threads(2)
+    torch.set_num_threads(CPUS)
     preload_torch_dynamo()
     data = load_cifar10(cfg.data_root or None, val_size=2000).limit(train=cfg.images)
     base = TrainConfig(model="improved_cnn", model_kw={"widths": (32, 64), "depth": 1}, epochs=cfg.epochs)
@@ -157,7 +164,8 @@ def main(cfg: Config) -> dict:
     result = {"benchmark": "tune_overhead", "device": device_name(pick_device()), "config": vars(cfg),
               "tune_layout": layout, "seconds": times, "overhead_ratio": round(ratio, 3), "round_ratios": round_ratios,
               "ratio_less_ray_start": round(joined, 3), "goal": "<= 1.05 (like for like: 1 trial at a time, 2 CPUs)"}
-    name = "tune_overhead" if serial else "tune_overhead-job-layout"
+    name = LAYOUT_FILES.get((cfg.max_concurrent, cfg.cpus_per_trial),
+                            f"tune_overhead-{cfg.max_concurrent}x{cfg.cpus_per_trial:g}cpu")
     if serial:
         result |= breakdown(times)
     print(f"Tune ({layout}) / plain = {ratio:.3f} (goal <= 1.05 like for like; single rounds {min(round_ratios):.3f}-"
