@@ -86,6 +86,11 @@ class Config(BaseConfig):
         super().__post_init__()
         self.require(cpus_per_trial=0 < self.cpus_per_trial <= CPUS, max_concurrent=self.max_concurrent >= 1)
 
+    @property
+    def serial(self) -> bool:
+        """Trials one after another: their epochs add up to wall time, so the breakdown holds."""
+        return self.max_concurrent == 1
+
 
 def plain(space: SearchSpace, data) -> dict[str, float]:
     """Total wall time, and the part of it spent in epochs (training and evaluation)."""
@@ -116,7 +121,7 @@ def with_tune(space: SearchSpace, data, round_: int, cfg: Config) -> dict[str, f
         epochs = sum(r.metrics_dataframe["epoch_s"].sum() for r in outcome.results)
     seconds = {"total": end - start, "ray_init": ray_started - start, "sweep": end - ray_started,
                "in_trials": in_trials, "trials_besides_epochs": in_trials - epochs, "epochs": epochs}
-    return seconds | ({"outside_trials": end - ray_started - in_trials} if cfg.max_concurrent == 1 else {})
+    return seconds | ({"outside_trials": end - ray_started - in_trials} if cfg.serial else {})
 
 
 def startup() -> dict[str, float]:
@@ -136,7 +141,6 @@ def main(cfg: Config) -> dict:
     data = load_cifar10(cfg.data_root or None, val_size=2000).limit(train=cfg.images)
     base = TrainConfig(model="improved_cnn", model_kw={"widths": (32, 64), "depth": 1}, epochs=cfg.epochs)
     space = SearchSpace({"lr": LRS}, base)
-    serial = cfg.max_concurrent == 1  # trials one after another: their epochs add up to wall time
     times: dict[str, list] = {"plain": [], "tune": [], "startup": []}
     for r in range(cfg.rounds):  # ABBA: odd rounds run Tune first, so a machine that speeds up or slows down
         # over the run (this VM's neighbours: ±5% within minutes) favours neither side
@@ -145,7 +149,7 @@ def main(cfg: Config) -> dict:
         p, t = times["plain"][-1], times["tune"][-1]
         line = (f"round {r}: plain {p['total']:.1f} s (epochs {p['epochs']:.1f}); tune {t['total']:.1f} s (Ray's start"
                 f" {t['ray_init']:.1f}); Tune / plain {t['total'] / p['total']:.3f}")
-        if serial:
+        if cfg.serial:
             times["startup"].append(startup())
             u = times["startup"][-1]
             line += (f"; Tune = Ray's start + outside the trials {t['outside_trials']:.1f} + trials besides their"
@@ -166,7 +170,7 @@ def main(cfg: Config) -> dict:
               "ratio_less_ray_start": round(joined, 3), "goal": "<= 1.05 (like for like: 1 trial at a time, 2 CPUs)"}
     name = LAYOUT_FILES.get((cfg.max_concurrent, cfg.cpus_per_trial),
                             f"tune_overhead-{cfg.max_concurrent}x{cfg.cpus_per_trial:g}cpu")
-    if serial:
+    if cfg.serial:
         result |= breakdown(times)
     print(f"Tune ({layout}) / plain = {ratio:.3f} (goal <= 1.05 like for like; single rounds {min(round_ratios):.3f}-"
           f"{max(round_ratios):.3f}); on {result['device']}; saved {save(name, result)}")
