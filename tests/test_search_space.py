@@ -2,6 +2,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import optuna
 import pytest
@@ -198,6 +199,21 @@ def test_a_truncated_tune_state_stops_the_resume_with_what_to_do(tmp_path):
     state.write_text(state.read_text()[:20])  # a full disk mid-write
     with pytest.raises(SweepStateError, match="unreadable.*full disk.*move .* aside"):
         check_saved_state(str(tmp_path))
+
+
+def test_a_job_checks_its_sweep_storage_before_it_loads_data_or_starts_ray(tmp_path):
+    """validate_sweep, which the sweep and study jobs call first, refuses a damaged saved state (and a full disk:
+    the same check_storage)."""
+    from library.search.checkpoints import SweepStateError
+    from library.search.sweep import validate_sweep
+
+    opts = SweepOptions(name="damaged", storage_path=str(tmp_path), search="random", scheduler="fifo")
+    space = SearchSpace({"lr": (1e-3, 1e-2, "log")}, BASE)
+    validate_sweep(opts, space)  # a new sweep
+    Path(opts.experiment_path()).mkdir()
+    (Path(opts.experiment_path()) / "experiment_state-2026-12-03_12-00-00.json").write_text('{"trial_data": [')
+    with pytest.raises(SweepStateError, match="unreadable"):
+        validate_sweep(opts, space)
 
 
 def test_a_nearly_full_disk_is_refused_before_the_sweep_starts(tmp_path):

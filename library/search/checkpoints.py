@@ -53,6 +53,12 @@ def check_free_space(path: str, need: int = MIN_FREE_BYTES) -> None:
                               "Free some space, or point --storage_path (or $CV_STORAGE_PATH) elsewhere.")
 
 
+def check_storage(path: str) -> None:
+    """Both checks of the sweep's storage at `path`: room for its state, and a saved state that a resume can read."""
+    check_free_space(path)
+    check_saved_state(path)
+
+
 class CheckpointError(RuntimeError):
     """A trial checkpoint exists but cannot be read."""
 

@@ -116,8 +116,7 @@ class StudySpace:
 
 def run_study(opts: StudyOptions, space: StudySpace, data: ImageData, description: str) -> SweepOutcome:
     """Run (or resume) the study's trials and record what each variant is in the parent run. Call
-    `tracking.connect()` and `ray_init()` first."""
-    validate_sweep(opts, space)
+    `validate_sweep`, `tracking.connect()` and `ray_init()` first."""
     outcome = run_sweep(opts, space, data, experiment=opts.name, description=description, test_each_trial=True,
                         parent_params={"data.train_images": len(data.train), "data.val_images": len(data.val),
                                        "data.test_images": len(data.test), "data.verified": data.verified})
@@ -195,9 +194,11 @@ StudyReport = Callable[[str, pd.DataFrame, StudySpace, ImageData], None]  # (par
 
 def run_study_job(cfg: Any, variants: Mapping[str, TrainConfig], description: str,
                   report: StudyReport | None = None) -> dict[str, Any]:
-    """A study job's `main`: `cfg` is a StudyOptions + DataOptions config. Checks the variants before Ray starts,
-    runs (or resumes) the trials, then concludes once: the comparison, then the job's own `report`."""
+    """A study job's `main`: `cfg` is a StudyOptions + DataOptions config. Checks the variants and the storage
+    before Ray starts, runs (or resumes) the trials, then concludes once: the comparison, then the job's own
+    `report`."""
     space = StudySpace(select_variants(variants, cfg.variants), cfg.seeds)
+    validate_sweep(cfg, space)
     uri = tracking.connect()
     data = load_data(cfg)
     ray_init(cfg.ray_address)
