@@ -1,11 +1,11 @@
-"""Train one registry model with one config and record it in MLflow (experiments A1, A2, A9, E3).
+r"""Train one registry model with one config and record it in MLflow (experiments A1, A2, A9, E3).
 
     python jobs/train_cnn.py                                   # A1: the Mish CNN
     python jobs/train_cnn.py --model=mish_cnn_bn               # A2: with BatchNorm
     python jobs/train_cnn.py --model=resnet_cifar --optimizer=adam --lr=1e-3 --weight_decay=5e-4 \
         --crop=resized --epochs=30                             # A9: the CIFAR ResNet, seed 002's recipe
     python jobs/train_cnn.py --smoke-test                      # seconds on a CPU
-    python jobs/train_cnn.py --help                            # every option with its default
+    python jobs/train_cnn.py --help                            # every option: its default and what it does
 
 The MLflow run holds the config, per-epoch metrics, the final test accuracy (the test set is touched once, at
 the end), the training curves, the first-layer filter grid, the per-epoch table and the trained weights.

@@ -4,6 +4,7 @@ data, unreachable tracking, a refused file) into one clear line on stderr and ex
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -20,11 +21,12 @@ EXPECTED_ERRORS = (ConfigError, DatasetCorruptError, DatasetNotFoundError, Model
                    TrackingUnavailableError, UnreadableFileError)
 
 
-def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any] | None = None) -> C:
+def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any] | None = None,
+                     usage: str | None = None) -> C:
     """Defaults, then `smoke` when `--smoke-test` is given, then the user's own overrides (which win); the
-    result passes its `check_final()`."""
+    result passes its `check_final()`. `--help` prints `usage` (the job's docstring) and every option."""
     if "--help" in argv or "-h" in argv:
-        print(describe(cls))
+        print((inspect.cleandoc(usage) + "\n\n" if usage else "") + describe(cls))
         raise SystemExit(0)
     given = parse_argv(argv)
     cfg = cls()
@@ -66,9 +68,10 @@ def run_job(main: Callable[[C], Any], cls: type[C], smoke: Mapping[str, Any] | N
     stop_on_sigterm()
     keep_freed_memory()  # every path of every job: training, extraction, attacks, evaluation (see runtime.py)
     try:
-        cfg = parse_job_config(cls, argv, smoke)
+        job = sys.modules[main.__module__]
+        cfg = parse_job_config(cls, argv, smoke, usage=job.__doc__)
         cfg = resolve(cfg) if resolve is not None else cfg
-        banner(Path(sys.modules[main.__module__].__file__ or "job").name, cfg)
+        banner(Path(job.__file__ or "job").name, cfg)
         return main(cfg)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,7 +10,11 @@ import ast
 import dataclasses
 import difflib
 import hashlib
+import inspect
+import io
 import json
+import textwrap
+import tokenize
 import types
 import typing
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
@@ -180,15 +184,63 @@ def parse_argv(argv: Sequence[str]) -> dict[str, str | bool]:
     return out
 
 
+WIDTH, INDENT = 116, " " * 27  # of `--help`: its lines, and the column where an option's description starts
+
+
 def describe(cls: type) -> str:
-    """One line per field, for `--help`."""
-    hints = _hints(cls)
-    lines = [f"{cls.__name__} options (--key=value):"]
+    """Every field for `--help`: its name, type (a Literal's choices) and default, then the comment it has in its
+    class's source, wrapped below it."""
+    hints, docs = _hints(cls), field_docs(cls)
+    lines = [f"{cls.__name__} options (--key=value; a dict's entries as --key.entry=value):"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        tp = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
-        lines.append(f"  --{f.name:<22} {tp:<28} default {default!r}")
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Literal:
+            tp = " | ".join(str(choice) for choice in typing.get_args(hint))
+        else:
+            tp = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        lines += textwrap.wrap(f"  --{f.name:<22} {tp:<28} default {default!r}", width=WIDTH, subsequent_indent=INDENT)
+        lines += textwrap.wrap(docs[f.name], width=WIDTH, initial_indent=INDENT, subsequent_indent=INDENT)
     return "\n".join(lines)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's comment in its class's source: the comment after it, with the comment lines right below that
+    continue it ('' for a field with none, or where the source cannot be read)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's comment on a field it redefines wins
+        if dataclasses.is_dataclass(klass):
+            docs |= _field_comments(klass)
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def _field_comments(klass: type) -> dict[str, str]:
+    """{field: comment} from the class body's source. A comment on its own line continues the field above it only
+    when that field's line ended in a comment; otherwise (or after a blank line) it belongs to no field."""
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):
+        return {}
+    comments: dict[str, list[str]] = {}
+    depth, field, line_start = 0, None, True
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    for tok, following in zip(tokens, tokens[1:] + tokens[-1:]):
+        if tok.type in (tokenize.INDENT, tokenize.DEDENT):
+            depth += 1 if tok.type == tokenize.INDENT else -1
+        elif tok.type == tokenize.COMMENT:
+            own_line = not tok.line[:tok.start[1]].strip()
+            if field and (not own_line or comments.get(field)):
+                comments.setdefault(field, []).append(tok.string.lstrip("#").strip())
+            elif own_line:
+                field = None
+        elif tok.type == tokenize.NL:
+            field = field if tok.line.strip() else None  # a blank line ends a comment
+        elif tok.type == tokenize.NEWLINE:
+            line_start = True
+        elif line_start:  # the first token of a statement: `name: type = default` in the class body is a field
+            line_start = False
+            field = tok.string if depth == 1 and tok.type == tokenize.NAME and following.string == ":" else None
+    return {name: " ".join(text) for name, text in comments.items()}
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

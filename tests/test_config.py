@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 from library.cli import parse_job_config
-from library.config import ConfigError, coerce, flatten, override, parse_argv
+from library.config import ConfigError, coerce, describe, field_docs, flatten, override, parse_argv
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,36 @@ class Cfg:
     widths: tuple[int, ...] = (1, 2)
     kw: dict = field(default_factory=dict)
     limit: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Documented:
+    mode: Literal["fast", "slow"] = "fast"  # how it runs: fast skips the
+    # second pass
+    plain: int = 1
+    # a note above the next field, which is no field's description
+    later: int = 2  # after a comment of its own line
+
+    def check(self) -> int:
+        return self.later  # a comment in a method: no field's either
+
+
+@dataclass(frozen=True)
+class Redocumented(Documented):
+    plain: int = 3  # documented here
+
+
+def test_help_gives_each_option_its_comment_its_choices_and_the_jobs_usage(capsys):
+    assert field_docs(Documented) == {"mode": "how it runs: fast skips the second pass", "plain": "",
+                                      "later": "after a comment of its own line"}
+    assert field_docs(Redocumented)["plain"] == "documented here"  # the subclass's comment wins
+    text = describe(Redocumented)
+    assert "fast | slow" in text and "default 3" in text and "documented here" in text
+    with pytest.raises(SystemExit) as stop:
+        parse_job_config(Redocumented, ["--help"], usage="\n    What the job does.\n\n        python job.py\n")
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and out.startswith("What the job does.\n\n    python job.py\n\n")
+    assert out.endswith(text + "\n")
 
 
 def test_values_are_converted_to_the_annotated_types():

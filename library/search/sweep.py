@@ -49,7 +49,8 @@ class SweepOptions(Config):
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.25  # only when the cluster has GPUs: 0.25 = four small trials share one GPU
     time_budget_s: float = 0.0  # stop the whole sweep after this many seconds, 0 = no limit
-    resume: bool = True  # continue this sweep (same name and settings) when its state exists; false: refuse to
+    resume: bool = True  # continue this sweep (same name and settings) when its state exists; false: stop with an
+    # error instead
     ray_address: str = ""  # default: $RAY_ADDRESS (set by `ray job submit`), else a running `ray start` cluster
     # on this machine, else a new local Ray; "local" always starts a new one
     search_seed: int = 0  # seeds Optuna's sampler
