@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .cluster import stop_on_sigterm
-from .config import Config, ConfigError, describe, override, parse_argv
+from .config import WIDTH, Config, ConfigError, describe, override, parse_argv
 from .data import DatasetCorruptError, DatasetNotFoundError
 from .runtime import UnreadableFileError, collect_after_imports, git_sha, keep_freed_memory
 from .model_store import ModelNotRegisteredError
@@ -24,9 +25,12 @@ EXPECTED_ERRORS = (ConfigError, DatasetCorruptError, DatasetNotFoundError, Model
 def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any] | None = None,
                      usage: str | None = None) -> C:
     """Defaults, then `smoke` when `--smoke-test` is given, then the user's own overrides (which win); the
-    result passes its `check_final()`. `--help` prints `usage` (the job's docstring) and every option."""
+    result passes its `check_final()`. `--help` prints `usage` (the job's docstring), every option, and what
+    `--smoke-test` sets."""
     if "--help" in argv or "-h" in argv:
-        print((inspect.cleandoc(usage) + "\n\n" if usage else "") + describe(cls))
+        smoke_help = "--smoke-test sets " + ", ".join(f"{key}={value!r}" for key, value in (smoke or {}).items())
+        print((inspect.cleandoc(usage) + "\n\n" if usage else "") + describe(cls)
+              + ("\n\n" + textwrap.fill(smoke_help, width=WIDTH) if smoke else ""))
         raise SystemExit(0)
     given = parse_argv(argv)
     cfg = cls()

@@ -50,6 +50,9 @@ def test_help_gives_each_option_its_comment_its_choices_and_the_jobs_usage(capsy
     out = capsys.readouterr().out
     assert stop.value.code == 0 and out.startswith("What the job does.\n\n    python job.py\n\n")
     assert out.endswith(text + "\n")
+    with pytest.raises(SystemExit):
+        parse_job_config(Redocumented, ["--help"], smoke={"mode": "slow", "later": 0})
+    assert capsys.readouterr().out.endswith(text + "\n\n--smoke-test sets mode='slow', later=0\n")
 
 
 def test_values_are_converted_to_the_annotated_types():
