@@ -133,8 +133,10 @@ def _gone_soon(folder, timeout: float = 10) -> bool:
 
 
 def test_every_unit_parses_under_every_profile_with_its_jobs_config():
-    """A typo in a profile that CI does not run (cpu, gpu) stops here, not overnight."""
+    """A typo in a profile that CI does not run (cpu, gpu) stops here, not overnight; so does a profile left out
+    or a need that names no unit (a placeholder that names no need fails to format below)."""
     for unit in UNITS.values():
+        assert set(unit.args) == set(PROFILES) and set(unit.needs) <= set(UNITS), unit.name
         job = load_job(unit.job.removesuffix(".py"))
         for profile in PROFILES:
             argv = unit.argv(profile, "campaign", {n: "0" * 32 for n in unit.needs}, "/photos")

@@ -11,8 +11,6 @@ import string
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..config import ConfigError
-
 PROFILES = ("smoke", "cpu", "gpu")
 SMOKE = ("--smoke-test",)
 PHOTOS = ("peppers.png", "n02113023_Pembroke.JPEG", "coral_parrot.jpg", "cat_dog.png")  # D1's four, C1's first
@@ -131,13 +129,6 @@ UNITS: dict[str, Unit] = {u.name: u for u in [
                 "--test_size=0")},
         needs=("mnist_models",)),
 ]}
-
-def check_units(units: Mapping[str, Unit] = UNITS) -> None:
-    """Every placeholder names a unit listed in `needs` (or the photos), and every profile is given."""
-    for unit in units.values():
-        missing = sorted(unit.placeholders() - set(unit.needs) - {"photos"})
-        if missing or set(unit.args) != set(PROFILES) or not set(unit.needs) <= set(units):
-            raise ConfigError(f"unit {unit.name}: placeholders {missing} not in needs, or a profile missing")
 
 def with_needs(names: list[str], units: Mapping[str, Unit] = UNITS) -> list[str]:
     """`names` and everything they need, in an order where each unit comes after what it needs."""
