@@ -11,7 +11,7 @@ from .images import ImageData
 
 @dataclass(frozen=True)
 class DataOptions(Config):
-    dataset: Literal["cifar10", "mnist"] = "cifar10"
+    dataset: Literal["cifar10", "mnist"] = "cifar10"  # the image set; each job's default is the one its experiments use
     data_root: str = ""  # default: $CV_DATA_ROOT, else ~/.cache/cv-campaigns/data
     val_size: int = 5000  # images of the training set held out for validation (seeded, stratified)
     train_size: int = 0  # cap on training images, 0 = all (quick runs)

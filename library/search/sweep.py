@@ -40,13 +40,14 @@ class SweepOptions(Config):
     # $CV_STORAGE_PATH (cluster.yaml sets it to shared storage), else ~/ray_results
     num_samples: int = 24  # trials (for search=grid: repeats of the grid)
     max_concurrent: int = 4  # trials running at once (and Optuna's window of pending suggestions)
-    search: Literal["optuna", "random", "grid"] = "optuna"
+    search: Literal["optuna", "random", "grid"] = "optuna"  # optuna: TPE proposes each trial from the ones
+    # before; random: independent draws from the space; grid: every combination of its lists (no ranges)
     scheduler: Literal["asha", "fifo", "pbt"] = "asha"  # asha stops weak trials early; fifo runs every trial
     # out; pbt (with search=random or grid) copies good trials' checkpoints and perturbs their training
     # hyper-parameters every grace_period epochs (it keeps every epoch's checkpoint of every trial on storage)
     grace_period: int = 2  # epochs every trial gets before ASHA may stop it
     reduction_factor: int = 3  # ASHA keeps the top 1/reduction_factor at each rung
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float = 1.0  # Ray CPUs each trial reserves; its torch threads follow them
     gpus_per_trial: float = 0.25  # only when the cluster has GPUs: 0.25 = four small trials share one GPU
     time_budget_s: float = 0.0  # stop the whole sweep after this many seconds, 0 = no limit
     resume: bool = True  # continue this sweep (same name and settings) when its state exists; false: stop with an

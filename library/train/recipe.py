@@ -39,7 +39,7 @@ class TrainConfig(Config):
     # decay (e.g. 0.99); validation, test and the returned model use it
     lookahead_steps: int = 0  # > 0: Lookahead (Zhang et al., 2019): every this many steps the slow weights move
     # lookahead_alpha of the way to the fast ones, which restart from them; the returned model is the slow one
-    lookahead_alpha: float = 0.5
+    lookahead_alpha: float = 0.5  # how far the slow weights move toward the fast ones, 0..1 (with lookahead_steps)
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation in validation and test:
     # the logits averaged over the image and its mirror (and, with translate, one-pixel shifts of both)
     label_smoothing: float = 0.0  # probability mass spread over all classes, 0..1
