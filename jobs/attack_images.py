@@ -59,13 +59,13 @@ class JobConfig(Config):
     lr: float = 100.0  # D1's λ: the gradient of a probability near 0 is tiny, so λ is large
     eot_samples: int = 8  # transformed copies per EOT gradient
     maximise: tuple[int, ...] = (76, 282)  # D8's classes; empty: skip
-    maximise_steps: int = 200
+    maximise_steps: int = 200  # D8's Adam steps on log P(class)
     start: str = ""  # D8's start and D9's image: a photo (the seed: a corgi); "" = grey start, no D9
     invert_steps: int = 300  # D9's Adam steps; 0 = skip D9
-    cpus_per_task: float = 1.0
+    cpus_per_task: float = 1.0  # Ray CPUs each task reserves; its torch threads follow them
     gpus_per_task: float = 1.0  # only when the cluster has GPUs
     ray_address: str = ""  # default: $RAY_ADDRESS, else a running cluster on this machine, else a new local Ray
-    experiment: str = "attack_images"
+    experiment: str = "attack_images"  # MLflow experiment
     smoke_test: bool = False
 
     def __post_init__(self):

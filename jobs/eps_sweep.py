@@ -46,7 +46,8 @@ from library.stats import wilson_interval  # noqa: E402
 @dataclass(frozen=True)
 class JobConfig(DataOptions):
     dataset: str = "mnist"
-    models: tuple[str, ...] = ("registered:mnist_a", "registered:mnist_b")
+    models: tuple[str, ...] = ("registered:mnist_a", "registered:mnist_b")  # registered:<name>[:<version>],
+    # run:<run id> or init:<registry name> (see the docstring)
     attacks: tuple[str, ...] = ("fgsm", "pgd", "momentum_margin")  # see library/adversarial/registry.py ATTACKS
     targeted: bool = False  # attack toward label + 1 (mod classes), or toward target_class, instead of away
     source_class: int = -1  # >= 0: only the test images of this class (D6: every "1" ...)
@@ -59,11 +60,11 @@ class JobConfig(DataOptions):
     search: Literal["ascending", "bisect"] = "ascending"  # ascending: every ε on the images still standing;
     # bisect: each image's breaking point by bisection over the grid (the whole grid in one task per shard)
     pgd_table: bool = False  # D11: also PGD top-1/top-5 over (pgd_iterations × ε) per model
-    pgd_iterations: tuple[int, ...] = (1, 5, 10, 20)
-    cpus_per_task: float = 1.0
+    pgd_iterations: tuple[int, ...] = (1, 5, 10, 20)  # D11's PGD iteration counts, with pgd_table
+    cpus_per_task: float = 1.0  # Ray CPUs each task reserves; its torch threads follow them
     gpus_per_task: float = 0.25  # only when the cluster has GPUs
-    ray_address: str = ""
-    experiment: str = "eps_sweep"
+    ray_address: str = ""  # default: $RAY_ADDRESS, else a running cluster on this machine, else a new local Ray
+    experiment: str = "eps_sweep"  # MLflow experiment
     smoke_test: bool = False
     val_size: int = field(default=0)  # the sweep uses the test set only
 

@@ -30,7 +30,7 @@ from library.pretrained.features import FeatureOptions, extract_features  # noqa
 
 @dataclass(frozen=True)
 class JobConfig(FeatureOptions):
-    experiment: str = "features"
+    experiment: str = "features"  # MLflow experiment
     smoke_test: bool = False
 
 

@@ -35,12 +35,12 @@ from library.cluster import ray_init, remote_task  # noqa: E402
 @dataclass(frozen=True)
 class JobConfig(FinetuneConfig):
     backbone: str = LITE0  # a timm name with pretrained weights (optionally @weights)
-    data_root: str = ""
+    data_root: str = ""  # default: $CV_DATA_ROOT, else ~/.cache/cv-campaigns/data
     limit: int = 0  # N evenly spaced images per split (quick runs); 0 = all
-    cpus_per_task: float = 1.0
+    cpus_per_task: float = 1.0  # Ray CPUs each task reserves; its torch threads follow them
     gpus_per_task: float = 1.0  # only when the cluster has GPUs
-    ray_address: str = ""
-    experiment: str = "finetune_vs_scratch"
+    ray_address: str = ""  # default: $RAY_ADDRESS, else a running cluster on this machine, else a new local Ray
+    experiment: str = "finetune_vs_scratch"  # MLflow experiment
     smoke_test: bool = False
 
 

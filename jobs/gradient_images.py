@@ -41,12 +41,12 @@ class JobConfig(DataOptions):
     models: tuple[str, ...] = ()  # registered:<name>, run:<run id> or init:<registry name>; e.g. robust, standard
     start_class: int = 5  # the image: the first test image of this class (dog) the first model gets right
     maximise: tuple[int, ...] = (3, 6)  # D8's classes (cat, frog), maximised from that image
-    maximise_steps: int = 200
-    maximise_lr: float = 0.01
+    maximise_steps: int = 200  # D8's Adam steps on log P(class)
+    maximise_lr: float = 0.01  # their learning rate
     jitter: int = 2  # D8's random shifts, pixels
     invert_steps: int = 500  # D9's Adam steps
-    device: str = "auto"
-    experiment: str = "gradient_images"
+    device: str = "auto"  # auto = the GPU when there is one
+    experiment: str = "gradient_images"  # MLflow experiment
     smoke_test: bool = False
 
     def __post_init__(self):

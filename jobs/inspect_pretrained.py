@@ -42,11 +42,11 @@ from library.plots import map_grid_figure, top_k_figure  # noqa: E402
 class JobConfig(Config):
     backbone: str = LITE0  # a timm name, optionally @weights
     images: tuple[str, ...] = ()  # image files to inspect
-    top_k: int = 5
+    top_k: int = 5  # classes listed per image, with their probabilities
     compare_random: bool = True  # also show the same architecture with random weights (C1)
     feature_maps_per_stage: int = 5  # C2: maps from each of the early, middle and late convolutions
     alpha: float = 0.5  # CAM / saliency blend opacity
-    experiment: str = "inspect_pretrained"
+    experiment: str = "inspect_pretrained"  # MLflow experiment
     smoke_test: bool = False
 
     def __post_init__(self):

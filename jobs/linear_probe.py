@@ -49,7 +49,7 @@ class JobConfig(FeatureOptions):
     seed: int = 0  # the validation split
     parallel: bool = True  # probe several backbones as parallel Ray tasks (one backbone: in this process)
     gallery_size: int = 8  # images per direction in each backbone pair's gallery
-    experiment: str = "linear_probe"
+    experiment: str = "linear_probe"  # MLflow experiment
     smoke_test: bool = False
 
     def __post_init__(self):

@@ -41,7 +41,7 @@ class JobConfig(StudyJobConfig):
     model: str = "mish_cnn"
     epochs: int = 5
     norms: tuple[str, ...] = NORMS  # bn, gn (32 groups), ln (one group over C×H×W), none
-    batch_sizes: tuple[int, ...] = (2, 8, 32, 128, 256)
+    batch_sizes: tuple[int, ...] = (2, 8, 32, 128, 256)  # each trained with lr · √(batch / reference_batch)
     reference_batch: int = 128  # the batch size `lr` is meant for
     lr: float = 2e-3
 

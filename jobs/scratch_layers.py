@@ -45,8 +45,8 @@ class JobConfig(Config):
     cases: int = 200  # random shapes per layer (B1)
     batch: int = 32  # images per timed forward+backward (B3)
     rounds: int = 5  # timed repeats per implementation and shape, interleaved
-    seed: int = 0
-    experiment: str = "scratch_layers"
+    seed: int = 0  # B1's random shapes
+    experiment: str = "scratch_layers"  # MLflow experiment
     smoke_test: bool = False
 
 

@@ -46,12 +46,12 @@ class JobConfig(TrainConfig, DataOptions):
     weight_decay: float = 1e-4
     crop: Literal["none", "pad", "resized"] = "none"  # digits: no crops
     flip: bool = False  # nor flips: a mirrored 2 is no 2
-    cpus_per_model: float = 1.0
+    cpus_per_model: float = 1.0  # Ray CPUs each model's training task reserves; its torch threads follow them
     gpus_per_model: float = 0.5  # only when the cluster has GPUs: two small MNIST models share one
     register: bool = True  # a new registered-model version per trained model
     experiment: str = "mnist_models"  # MLflow experiment
     output_dir: str = "outputs"  # a local copy of each trained model goes to <output_dir>/<run id>/
-    ray_address: str = ""  # default: $RAY_ADDRESS (set by `ray job submit`), else a new local Ray
+    ray_address: str = ""  # default: $RAY_ADDRESS, else a running cluster on this machine, else a new local Ray
     smoke_test: bool = False
 
 

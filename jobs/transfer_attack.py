@@ -41,10 +41,10 @@ class JobConfig(DataOptions):
     per_class: int = 2  # test images per class, correctly classified by the source model
     confidence: float = 0.99  # stop once a wrong class has this probability
     step_255: float = 1.0  # the signed-gradient step, in 1/255
-    max_steps: int = 300
-    cpus_per_task: float = 1.0
-    ray_address: str = ""
-    experiment: str = "transfer_attack"
+    max_steps: int = 300  # the most steps per image; it stops sooner once confidence is reached
+    cpus_per_task: float = 1.0  # Ray CPUs each task reserves; its torch threads follow them
+    ray_address: str = ""  # default: $RAY_ADDRESS, else a running cluster on this machine, else a new local Ray
+    experiment: str = "transfer_attack"  # MLflow experiment
     smoke_test: bool = False
 
     def __post_init__(self):

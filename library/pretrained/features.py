@@ -236,14 +236,14 @@ class FeatureOptions(Config):
     """Which features a job needs: backbones × the splits of a photo data set, and how to compute missing ones."""
 
     backbones: tuple[str, ...] = (LITE0,)  # timm names, each optionally @weights (a path, none, package:...)
-    dataset: Literal["pets", "folder"] = "pets"
+    dataset: Literal["pets", "folder"] = "pets"  # pets: Oxford-IIIT Pet under the data root; folder: see folder
     folder: str = ""  # for dataset=folder: <folder>/<class>/<image>, one split
     splits: tuple[str, ...] = ("trainval", "test")  # Oxford-IIIT Pet's
     data_root: str = ""  # default: $CV_DATA_ROOT, else ~/.cache/cv-campaigns/data
     cache_dir: str = ""  # default: $CV_FEATURE_CACHE, else <data root>/features
     shards: int = 8  # Ray tasks per (backbone, split); each loads the backbone once
-    batch_size: int = 64
-    cpus_per_task: float = 1.0
+    batch_size: int = 64  # images per forward pass
+    cpus_per_task: float = 1.0  # Ray CPUs each task reserves; its torch threads follow them
     gpus_per_task: float = 1.0  # only when the cluster has GPUs
     limit: int = 0  # N evenly spaced images of each split (quick runs); 0 = all
     ray_address: str = ""  # default: $RAY_ADDRESS, else a running cluster on this machine, else a local Ray

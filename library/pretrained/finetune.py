@@ -21,14 +21,14 @@ from .backbones import Backbone
 
 @dataclass(frozen=True)
 class FinetuneConfig(Config):
-    epochs: int = 5
-    batch_size: int = 32
+    epochs: int = 5  # of each arm (fine-tuned and from scratch)
+    batch_size: int = 32  # images per optimiser step
     lr: float = 1e-3  # for the new head; the pretrained body gets lr × body_lr_scale
     body_lr_scale: float = 0.1  # a pretrained body moves slower than the new head; from scratch: 1
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # AdamW's, decoupled
     workers: int = 2  # DataLoader processes decoding images
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # the new head, the augmentations and the data order
+    device: str = "auto"  # auto = the GPU when there is one
 
 
 @torch.no_grad()
