@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -28,9 +29,14 @@ def parse_job_config(cls: type[C], argv: Sequence[str], smoke: Mapping[str, Any]
     result passes its `check_final()`. `--help` prints `usage` (the job's docstring), every option, and what
     `--smoke-test` sets."""
     if "--help" in argv or "-h" in argv:
-        smoke_help = "--smoke-test sets " + ", ".join(f"{key}={value!r}" for key, value in (smoke or {}).items())
-        print((inspect.cleandoc(usage) + "\n\n" if usage else "") + describe(cls)
-              + ("\n\n" + textwrap.fill(smoke_help, width=WIDTH) if smoke else ""))
+        parts = [inspect.cleandoc(usage)] if usage else []
+        parts.append(describe(cls))
+        if smoke:
+            parts.append(textwrap.fill("--smoke-test sets " + ", ".join(f"{k}={v!r}" for k, v in smoke.items()), WIDTH))
+        try:
+            print("\n\n".join(parts), flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader left; point stdout at devnull so exit does not fail too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0)
     given = parse_argv(argv)
     cfg = cls()
