@@ -55,6 +55,16 @@ def test_help_gives_each_option_its_comment_its_choices_and_the_jobs_usage(capsy
     assert capsys.readouterr().out.endswith(text + "\n\n--smoke-test sets mode='slow', later=0\n")
 
 
+def test_help_piped_into_a_reader_that_leaves_early_exits_cleanly():
+    """`--help | head`: the pipe closes before the help is written, and the job still exits 0 without a traceback."""
+    code = ("import dataclasses\nfrom library.cli import parse_job_config\n"
+            "parse_job_config(dataclasses.make_dataclass('Job', [('epochs', int, 1)]), ['--help'], usage='x\\n' * 20000)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before reading anything
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "BrokenPipeError" not in err, err
+
+
 def test_values_are_converted_to_the_annotated_types():
     cfg = override(Cfg(), parse_argv(["--lr=0.5", "--epochs", "7", "--flag", "--mode=y", "--widths=[3,4,5]",
                                       "--limit=none", "--name=b"]))
