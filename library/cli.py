@@ -1,6 +1,7 @@
 """The shared `__main__` of every job: parse `--key=value` into the job's config, apply `--smoke-test`'s small
 settings, print a banner with the config, run `main(cfg)`, and turn the expected failures (bad config, missing
-data, unreachable tracking, a refused file) into one clear line on stderr and exit status 2 instead of a traceback."""
+data, unreachable tracking, a refused file) into one clear line on stderr and exit status 2 instead of a traceback,
+and an interrupt (Ctrl-C, SIGTERM) into one line and exit status 130."""
 from __future__ import annotations
 
 import dataclasses
@@ -81,8 +82,13 @@ def run_job(main: Callable[[C], Any], cls: type[C], smoke: Mapping[str, Any] | N
         job = sys.modules[main.__module__]
         cfg = parse_job_config(cls, argv, smoke, usage=job.__doc__)
         cfg = resolve(cfg) if resolve is not None else cfg
-        banner(Path(job.__file__ or "job").name, cfg)
+        banner(Path(getattr(job, "__file__", None) or "job").name, cfg)  # none under `python -c`
         return main(cfg)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM re-sent as SIGINT; as an exit, it also skips Ray's excepthook,
+        # which would report the exception to the cluster (a GCS that is stopping holds the driver there)
+        print("interrupted (Ctrl-C or SIGTERM) before the job finished; the MLflow runs it had open are marked "
+              "KILLED", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -44,11 +44,13 @@ def ray_init(address: str = "", **options: Any) -> None:
         # them on this machine run the driver and Ray's own processes, and every wake-up of those would pre-empt a
         # trial's thread while its other thread waits for it (a user's own setting of either stands).
         with _environment(worker_env | _setup_hook_env() | {PRESTART_ENV: os.environ.get(PRESTART_ENV, "0"),
-                                                            NICENESS_ENV: os.environ.get(NICENESS_ENV, "0")}):
+                                                            NICENESS_ENV: os.environ.get(NICENESS_ENV, "0")}), \
+                _children_in_a_group_of_their_own(), _sigterm_as_ctrl_c():
             ray.init(address="local", **(_dashboard_option() | options))
     else:  # a cluster's workers keep the niceness its nodes were started with (Ray's: 15, beside its daemons only)
-        ray.init(address=address, runtime_env={"env_vars": worker_env, "worker_process_setup_hook": WORKER_START},
-                 **options)
+        with _sigterm_as_ctrl_c():
+            ray.init(address=address, runtime_env={"env_vars": worker_env, "worker_process_setup_hook": WORKER_START},
+                     **options)
     stop_on_sigterm()  # again: Ray's core worker installs its own SIGTERM handler, which aborts the driver
 
 
@@ -91,6 +93,49 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+_starting_local_ray = False  # set while `ray.init` forks a local Ray's processes (`_children_in_a_group_of_their_own`)
+
+
+def _into_a_group_of_its_own() -> None:
+    """In a child just forked: its own process group, if the driver is starting a local Ray."""
+    if _starting_local_ray:
+        with contextlib.suppress(OSError):  # already a group leader: nothing to do
+            os.setpgid(0, 0)
+
+
+os.register_at_fork(after_in_child=_into_a_group_of_its_own)
+
+
+@contextlib.contextmanager
+def _children_in_a_group_of_their_own() -> Iterator[None]:
+    """The processes of a local Ray started inside the block, each in a process group of its own (the raylet's
+    workers in the raylet's). `timeout`, `kill -- -PGID` and a closed terminal signal the driver's whole group:
+    with Ray's processes in it, the GCS starts to stop at the same moment as the driver, waits for the calls the
+    driver still holds open while the driver waits for it, and after Ray's 60-s reconnect timeout the driver dies
+    in Ray's fatal exit, its trials killed mid-epoch. Outside that group, only the driver hears the signal and stops
+    the job as Ctrl-C does (Ray's processes ignore SIGINT anyway). Nothing outlives the driver: Ray starts its
+    processes to die with it (PR_SET_PDEATHSIG). Ray forks them with a preexec_fn, so the fork hook runs in each."""
+    global _starting_local_ray
+    _starting_local_ray = True
+    try:
+        yield
+    finally:
+        _starting_local_ray = False
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """Around `ray.init`, which answers SIGTERM with a handler of its own (`sys.exit(15)`) from its first line until
+    it has connected (a local start: ~5 s): a job stopped then would end without a word, status 15. Raised as
+    Ctrl-C instead, as `stop_on_sigterm` has it at any other time."""
+    try:
+        yield
+    except SystemExit as e:
+        if e.code != signal.SIGTERM:
+            raise
+        raise KeyboardInterrupt from None
 
 
 def stop_on_sigterm() -> None:

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import mlflow
 import torch
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 
 from .config import flatten
@@ -187,7 +187,11 @@ def start_run(experiment: str, run_name: str | None = None, config: Any = None,
                           parent_run_id=parent_run_id, description=description, tags=all_tags) as run:
         if config is not None:
             log_config(config)
-        yield run
+        try:
+            yield run
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (cluster.stop_on_sigterm): stopped, not failed
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
 
 
 def ui_url(run_id: str) -> str:

@@ -1,5 +1,6 @@
 """Ray at the edges of a job (library/cluster.py): how the driver takes SIGTERM, and what every worker a job
 starts is like. The worker checks share one driver, so one local Ray start."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -148,3 +149,83 @@ def test_a_worker_told_to_stop_while_collecting_garbage_stops_without_a_tracebac
     out, err = worker_checks.stdout, worker_checks.stderr
     assert "told to stop while collecting garbage: stopped" in out, out + err[-2000:]
     assert "Exception ignored" not in out + err, err[-2000:]
+
+
+# A job as small as a job gets: a local Ray, an open MLflow run, and a Ray task it waits on ('running' once it
+# has started); `delay` > 0 sends the job SIGTERM that many seconds into `ray_init` instead.
+STOPPED_JOB = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    from dataclasses import dataclass
+    import ray
+    from library import tracking
+    from library.cli import run_job
+    from library.cluster import ray_init
+    from library.config import Config
+
+    @dataclass(frozen=True)
+    class Job(Config):
+        delay: float = 0.0
+
+    def main(cfg):
+        tracking.connect()
+        with tracking.start_run('stopped', run_name='stopped'):
+            if cfg.delay:
+                threading.Timer(cfg.delay, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            ray_init('local', num_cpus=1)
+            ref = ray.remote(lambda: time.sleep(120)).remote()
+            print('running', flush=True)
+            ray.get(ref)
+
+    run_job(main, Job)
+""")
+
+
+def stopped_job(tmp_path, *argv: str) -> subprocess.Popen:
+    """STOPPED_JOB in a session of its own, as a shell runs a command: the job's process group is its own."""
+    env = {**os.environ, "RAY_ADDRESS": "local", "CV_RAY_DASHBOARD": "0",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", STOPPED_JOB, *argv], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def run_status(tmp_path) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    return client.search_runs([client.get_experiment_by_name("stopped").experiment_id])[0].info.status
+
+
+@pytest.mark.ray
+def test_a_job_stopped_by_sigterm_to_its_process_group_says_so_in_one_line_and_marks_its_run_killed(tmp_path):
+    """`timeout`, `kill -- -PGID` or a closed terminal signal the job's whole process group (`kill` and `ray job
+    stop`, the driver alone). The job stops as Ctrl-C stops it: one line, not a traceback through Ray's excepthook
+    (which reports the exception to the GCS, and held the driver for Ray's 60-s reconnect timeout when the GCS
+    was stopping too), exit status 130, and its open run KILLED rather than FAILED. (A sweep stopped so:
+    test_tune_job.py, test_an_interrupted_sweep_resumes_into_the_same_runs.)"""
+    proc = stopped_job(tmp_path)
+    try:
+        started = any(line.strip() == "running" for line in iter(proc.stdout.readline, ""))  # after the banner
+        if started:
+            os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=40)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert started and proc.returncode == 130, err[-3000:]
+    assert "interrupted (Ctrl-C or SIGTERM)" in err and "Traceback" not in err, err[-3000:]
+    assert run_status(tmp_path) == "KILLED"
+
+
+@pytest.mark.ray
+def test_sigterm_while_ray_starts_stops_a_job_as_ctrl_c_does(tmp_path):
+    """`ray.init` answers SIGTERM with its own handler (`sys.exit(15)`) until it has connected: a job stopped in
+    those seconds ended without a word, status 15, its run marked FAILED."""
+    proc = stopped_job(tmp_path, "--delay=0.5")
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "running" not in out, out + err[-3000:]
+    assert "interrupted (Ctrl-C or SIGTERM)" in err and "Traceback" not in err, err[-3000:]
+    assert run_status(tmp_path) == "KILLED"

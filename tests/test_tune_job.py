@@ -1,7 +1,9 @@
 """jobs/tune_cnn.py end to end: a real local Ray, a real MLflow store, tiny CIFAR-10 in the real layout.
 
 The job runs as a subprocess, as a user runs it, so each run starts and stops its own Ray."""
+import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -124,15 +126,24 @@ def test_every_figure_of_the_smoke_sweep_has_something_drawn(smoke):
 def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root, monkeypatch):
     args = ("--num_samples=4", "--max_concurrent=1", "--scheduler=fifo", "--space.epochs=[3]", "--retrain=false")
     proc = subprocess.Popen(tune_cmd(tmp_path, "resume", *args), cwd=tmp_path, env=job_env(tmp_path, cifar_root),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    # a trial has checkpointed: any checkpoint, since Tune keeps two and a fast trial's first lives under a second
-    while not list((tmp_path / "ray").glob("resume-*/trainable_*/checkpoint_*")):
-        assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be interrupted"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # as `ray job stop` does: handled as Ctrl-C (SIGINT) is
-    first_output = proc.communicate(timeout=300)[0]
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        # a trial has checkpointed: any checkpoint, since Tune keeps two and a fast trial's first lives under a second
+        while not list((tmp_path / "ray").glob("resume-*/trainable_*/checkpoint_*")):
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be interrupted"
+            time.sleep(0.05)
+        # SIGTERM to the job's whole process group, as `timeout` or a closed terminal sends it (`ray job stop` and
+        # `kill` send it to the driver alone, which takes it the same way): handled as Ctrl-C (SIGINT) is. The
+        # job's local Ray is outside that group: in it, the GCS would stop under the driver, which then waited
+        # out Ray's 60-s reconnect timeout and died without saving the sweep's state
+        os.killpg(proc.pid, signal.SIGTERM)
+        first_output = proc.communicate(timeout=45)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, first_output[-3000:]
+    assert "Run the same command again to resume it" in first_output, first_output[-3000:]
     parents, interrupted = runs_of(tmp_path, "resume")
     assert 1 <= len(interrupted) < 4 or any(c.info.status == "KILLED" for c in interrupted)
     # nothing left RUNNING without a process behind it: the interrupted runs say so
