@@ -111,12 +111,13 @@ os.register_at_fork(after_in_child=_into_a_group_of_its_own)
 @contextlib.contextmanager
 def _children_in_a_group_of_their_own() -> Iterator[None]:
     """The processes of a local Ray started inside the block, each in a process group of its own (the raylet's
-    workers in the raylet's). `timeout`, `kill -- -PGID` and a closed terminal signal the driver's whole group:
+    workers in the raylet's). `timeout` and `kill -- -PGID` send SIGTERM to the driver's whole process group:
     with Ray's processes in it, the GCS starts to stop at the same moment as the driver, waits for the calls the
     driver still holds open while the driver waits for it, and after Ray's 60-s reconnect timeout the driver dies
     in Ray's fatal exit, its trials killed mid-epoch. Outside that group, only the driver hears the signal and stops
-    the job as Ctrl-C does (Ray's processes ignore SIGINT anyway). Nothing outlives the driver: Ray starts its
-    processes to die with it (PR_SET_PDEATHSIG). Ray forks them with a preexec_fn, so the fork hook runs in each."""
+    the job as Ctrl-C does (Ray's processes ignore SIGINT anyway). Ray still starts them to die with the driver
+    (PR_SET_PDEATHSIG), so a driver killed outright takes them along (its agents after up to a minute, as before:
+    they report the raylet's death to the GCS first). Ray forks them with a preexec_fn: the fork hook runs in each."""
     global _starting_local_ray
     _starting_local_ray = True
     try:

@@ -197,8 +197,8 @@ def run_status(tmp_path) -> str:
 
 @pytest.mark.ray
 def test_a_job_stopped_by_sigterm_to_its_process_group_says_so_in_one_line_and_marks_its_run_killed(tmp_path):
-    """`timeout`, `kill -- -PGID` or a closed terminal signal the job's whole process group (`kill` and `ray job
-    stop`, the driver alone). The job stops as Ctrl-C stops it: one line, not a traceback through Ray's excepthook
+    """`timeout` or `kill -- -PGID` signal the job's whole process group (`kill` and `ray job stop`, the driver
+    alone). The job stops as Ctrl-C stops it: one line, not a traceback through Ray's excepthook
     (which reports the exception to the GCS, and held the driver for Ray's 60-s reconnect timeout when the GCS
     was stopping too), exit status 130, and its open run KILLED rather than FAILED. (A sweep stopped so:
     test_tune_job.py, test_an_interrupted_sweep_resumes_into_the_same_runs.)"""

@@ -133,7 +133,7 @@ def test_an_interrupted_sweep_resumes_into_the_same_runs(tmp_path, cifar_root, m
         while not list((tmp_path / "ray").glob("resume-*/trainable_*/checkpoint_*")):
             assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be interrupted"
             time.sleep(0.05)
-        # SIGTERM to the job's whole process group, as `timeout` or a closed terminal sends it (`ray job stop` and
+        # SIGTERM to the job's whole process group, as `timeout` sends it (`ray job stop` and
         # `kill` send it to the driver alone, which takes it the same way): handled as Ctrl-C (SIGINT) is. The
         # job's local Ray is outside that group: in it, the GCS would stop under the driver, which then waited
         # out Ray's 60-s reconnect timeout and died without saving the sweep's state
