@@ -1,5 +1,6 @@
 """Targeted adversarial images for a pretrained ImageNet classifier (D1, D2, D7, D8, D9).
 
+    python jobs/attack_images.py     # D1, D2, D8, D9 on the catalog's photos in <data root>/images (README, Data)
     python jobs/attack_images.py --images=[../shared/data/images/peppers.png]     # → space shuttle and 3 more
     python jobs/attack_images.py --images=[a.jpg,b.jpg] --targets=[812,76] --labels=[945,263] --eps_255=4
     python jobs/attack_images.py --images=[peppers.png] --start=../shared/data/images/n02113023_Pembroke.JPEG
@@ -38,9 +39,9 @@ from PIL import Image  # noqa: E402
 from library import tracking  # noqa: E402
 from library.adversarial.registry import AttackSpec  # noqa: E402
 from library.cli import run_job  # noqa: E402
-from library.config import Config, ConfigError  # noqa: E402
+from library.config import Config, ConfigError, override  # noqa: E402
 from library.pretrained.backbones import LITE0, BackboneSpec, class_names  # noqa: E402
-from library.data.photos import load_images  # noqa: E402
+from library.data.photos import CATALOG_LABELS, CATALOG_PHOTOS, CORGI, catalog_photos, load_images  # noqa: E402
 from library.adversarial.transforms import D2_TRANSFORMS  # noqa: E402
 from library.plots import map_grid_figure  # noqa: E402
 from library.cluster import ray_init, remote_task  # noqa: E402
@@ -51,7 +52,8 @@ from library.adversarial.synthesis import early_middle_late_layers, invert_featu
 @dataclass(frozen=True)
 class JobConfig(Config):
     backbone: str = LITE0  # a timm ImageNet classifier, optionally @weights
-    images: tuple[str, ...] = ()  # one image: attacked toward every target; else one target per image
+    images: tuple[str, ...] = ()  # one image: attacked toward every target; else one target per image. None
+    # given: the catalog's four photos in <data root>/images, with their --labels and the corgi as --start
     targets: tuple[int, ...] = (812, 76, 282, 263)  # space shuttle, tarantula, tiger cat, Pembroke corgi
     labels: tuple[int, ...] = ()  # each image's true ImageNet class: D1 asks that the clean prediction be correct
     eps_255: float = 8.0  # the L∞ budget, in 1/255
@@ -221,9 +223,7 @@ def log_inversion(image: torch.Tensor, layers: list[str], images: torch.Tensor, 
 def main(cfg: JobConfig) -> dict:
     import ray
 
-    paths = cfg.images or ((smoke_image(),) if cfg.smoke_test else ())
-    if not paths:
-        raise ConfigError("pass the images to attack: --images=[path/to/photo.jpg,...]")
+    paths = cfg.images or (smoke_image(),)  # no images after `with_catalog_photos`: a smoke test
     if len(paths) > 1 and len(paths) != len(cfg.targets):
         raise ConfigError(f"{len(paths)} images need as many --targets (one per image), got {len(cfg.targets)}")
     spec = BackboneSpec.parse(cfg.backbone)
@@ -279,5 +279,14 @@ def main(cfg: JobConfig) -> dict:
     return {"run_id": run.info.run_id, **summary}
 
 
+def with_catalog_photos(cfg: JobConfig) -> JobConfig:
+    """Given no --images (and no --smoke-test): the catalog's D1 run, its photos from <data root>/images with their
+    classes, and the corgi as D8's start and D9's image, where --labels and --start say nothing else."""
+    if cfg.images or cfg.smoke_test:
+        return cfg
+    return override(cfg, {"images": list(catalog_photos(CATALOG_PHOTOS)), "labels": list(cfg.labels or CATALOG_LABELS),
+                          "start": cfg.start or catalog_photos((CORGI,))[0]})
+
+
 if __name__ == "__main__":
-    run_job(main, JobConfig, smoke=SMOKE)
+    run_job(main, JobConfig, smoke=SMOKE, resolve=with_catalog_photos)

@@ -2,6 +2,7 @@
 against the same architecture with random weights), the width of the last layer's input, feature maps from
 early, middle and late layers, class activation maps and gradient saliency maps for given images.
 
+    python jobs/inspect_pretrained.py     # the catalog's peppers and corgi in <data root>/images (README, Data)
     python jobs/inspect_pretrained.py --images=[../shared/data/images/peppers.png]
     python jobs/inspect_pretrained.py --backbone=resnet50 --images=[a.jpg,b.jpg] --top_k=10
     python jobs/inspect_pretrained.py --smoke-test
@@ -32,16 +33,17 @@ from PIL import Image  # noqa: E402
 from library import tracking  # noqa: E402
 from library.pretrained.backbones import LITE0, BackboneSpec, class_names, create_backbone  # noqa: E402
 from library.cli import run_job  # noqa: E402
-from library.config import Config, ConfigError  # noqa: E402
+from library.config import Config, ConfigError, override  # noqa: E402
 from library.explain import blend, class_activation_map, classifier_layer, early_middle_late, saliency_map, top_k  # noqa: E402
-from library.data.photos import load_images  # noqa: E402
+from library.data.photos import CATALOG_PHOTOS, CORGI, catalog_photos, load_images  # noqa: E402
 from library.plots import map_grid_figure, top_k_figure  # noqa: E402
 
 
 @dataclass(frozen=True)
 class JobConfig(Config):
     backbone: str = LITE0  # a timm name, optionally @weights
-    images: tuple[str, ...] = ()  # image files to inspect
+    images: tuple[str, ...] = ()  # image files to inspect; none given: the catalog's peppers and corgi, in <data
+    # root>/images
     top_k: int = 5  # classes listed per image, with their probabilities
     compare_random: bool = True  # also show the same architecture with random weights (C1)
     feature_maps_per_stage: int = 5  # C2: maps from each of the early, middle and late convolutions
@@ -69,9 +71,7 @@ def smoke_image() -> str:
 
 
 def main(cfg: JobConfig) -> dict:
-    paths = cfg.images or ((smoke_image(),) if cfg.smoke_test else ())
-    if not paths:
-        raise ConfigError("pass the images to inspect: --images=[path/to/photo.jpg,...]")
+    paths = cfg.images or (smoke_image(),)  # no images after `with_catalog_photos`: a smoke test
     spec = BackboneSpec.parse(cfg.backbone)
     uri = tracking.connect()
     backbone = spec.load()
@@ -117,5 +117,12 @@ def main(cfg: JobConfig) -> dict:
     return {"run_id": run.info.run_id, "top_k": rows}
 
 
+def with_catalog_photos(cfg: JobConfig) -> JobConfig:
+    """Given no --images (and no --smoke-test): C1's photos, the peppers and the corgi from <data root>/images."""
+    if cfg.images or cfg.smoke_test:
+        return cfg
+    return override(cfg, {"images": list(catalog_photos((CATALOG_PHOTOS[0], CORGI)))})
+
+
 if __name__ == "__main__":
-    run_job(main, JobConfig, smoke=SMOKE)
+    run_job(main, JobConfig, smoke=SMOKE, resolve=with_catalog_photos)

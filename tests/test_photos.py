@@ -1,5 +1,7 @@
 """Photo data sets: Oxford-IIIT Pet in torchvision's layout (a 3-breed subset of the real files) and image
 folders."""
+import os
+
 import pytest
 from PIL import Image
 
@@ -72,3 +74,35 @@ def test_image_folder_and_the_dataset_transform(tmp_path):
     assert image == (41, 30) and label == 1 and index == 3
     with pytest.raises(DatasetNotFoundError, match="does not exist"):
         load_image_folder(tmp_path / "nope")
+
+
+def test_a_job_given_no_images_takes_the_catalogs_photos_from_the_data_root_or_says_where_they_go(tmp_path,
+                                                                                                  monkeypatch):
+    """attack_images.py and inspect_pretrained.py run alone, as the catalog runs them (D1, C1), on the photos the
+    campaign reads from <data root>/images; missing ones are named, with the folder and --images."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, load_job
+    from library.campaign.schedule import synthetic_photos
+    from library.data.photos import CATALOG_LABELS, CATALOG_PHOTOS, CORGI
+
+    monkeypatch.setenv("CV_DATA_ROOT", str(tmp_path))
+    attack, inspect = load_job("attack_images"), load_job("inspect_pretrained")
+    with pytest.raises(DatasetNotFoundError, match=f"peppers.png.* not in {tmp_path / 'images'}.*--images="):
+        attack.with_catalog_photos(attack.JobConfig())
+    out = subprocess.run([sys.executable, str(REPO / "jobs" / "inspect_pretrained.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert out.returncode == 2 and f"not in {tmp_path / 'images'}" in out.stderr and "Traceback" not in out.stderr
+
+    folder = synthetic_photos(tmp_path / "images", CATALOG_PHOTOS)
+    cfg = attack.with_catalog_photos(attack.JobConfig())
+    assert cfg.images == tuple(str(folder / name) for name in CATALOG_PHOTOS)
+    assert cfg.labels == CATALOG_LABELS and cfg.start == str(folder / CORGI)
+    assert inspect.with_catalog_photos(inspect.JobConfig()).images == (str(folder / "peppers.png"), str(folder / CORGI))
+    # the user's own images, classes and start stand, and a smoke test keeps its synthetic photo
+    mine = attack.JobConfig(images=("a.png",), targets=(812,), labels=(1,), start="b.png")
+    assert attack.with_catalog_photos(mine) == mine
+    assert attack.with_catalog_photos(attack.JobConfig(start="b.png")).start == "b.png"
+    assert attack.with_catalog_photos(attack.JobConfig(smoke_test=True)).images == ()

@@ -12,6 +12,7 @@ import mlflow
 
 from .. import tracking
 from ..config import Config, ConfigError
+from ..data.photos import PHOTOS_FOLDER
 from ..data.storage import data_root
 from ..cluster import cluster_has_gpu, ray_init
 from . import report
@@ -102,7 +103,7 @@ def run_campaign(opts: CampaignOptions) -> dict:
     uri = tracking.connect()
     entries = select(opts.ids)
     order = with_needs(list(dict.fromkeys(e.unit for e in entries)))
-    photos = opts.photos or str(data_root() / "images")
+    photos = opts.photos or str(data_root() / PHOTOS_FOLDER)
     ray_init(opts.ray_address)
     import ray
 

