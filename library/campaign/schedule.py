@@ -12,7 +12,7 @@ import mlflow
 
 from .. import tracking
 from ..config import Config, ConfigError
-from ..data.photos import PHOTOS_FOLDER
+from ..data.photos import CATALOG_PHOTOS, CORGI, PHOTOS_FOLDER
 from ..data.storage import data_root
 from ..cluster import cluster_has_gpu, ray_init
 from . import report
@@ -20,7 +20,7 @@ from .lease import Lease, acquire
 from .catalog import CATALOG, Entry, select
 from .runner import (PROFILE_TAG, Launcher, last_error, mark_done, retire_stale, settle, supersede,
                      unit_runs)
-from .units import CORGI, PHOTOS, UNITS, with_needs
+from .units import UNITS, with_needs
 
 @dataclass(frozen=True)
 class CampaignOptions(Config):
@@ -75,9 +75,9 @@ def _photos_for(units: list[str], photos: str, profile: str, log_dir: Path) -> s
     synthetic stand-ins with their names (a smoke run needs no real photo, as it needs no trained model)."""
     if not any("photos" in UNITS[u].placeholders() for u in units):
         return photos
-    missing = [n for n in (*PHOTOS, CORGI) if not (Path(photos) / n).is_file()]
+    missing = [n for n in (*CATALOG_PHOTOS, CORGI) if not (Path(photos) / n).is_file()]
     if missing and profile == "smoke":
-        return str(synthetic_photos(log_dir / "photos", (*PHOTOS, CORGI)))
+        return str(synthetic_photos(log_dir / "photos", (*CATALOG_PHOTOS, CORGI)))
     if missing:
         raise ConfigError(f"the photos {sorted(set(missing))} are not in {photos}: put them there or point --photos "
                           "at a folder that has them (C1, D1, D8 and D9 inspect and attack them)")

